@@ -1,0 +1,292 @@
+"""The facade every adapter uses: build, add, remove, ask, list, stats."""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from . import answer as answering
+from . import documents, indexing, store
+from .config import Settings
+from .documents import Document
+from .embedding import Embedder, create
+from .errors import DocumentError, DocumentNotFound, IndexMissing, QuestionError
+from .indexing import BuildReport
+from .retrieval import MODES, Hit, Lexicon, Mode, Retriever, tidy
+from .store import IndexData
+
+UPLOAD_SUFFIXES = (".txt", ".md")
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+@dataclass(frozen=True)
+class Passage:
+    """One cited passage of a result."""
+
+    rank: int
+    text: str
+    score: float
+    doc_id: str
+    title: str
+    source: str | None
+    published: str | None
+    url: str | None
+    position: int  # the passage's order within its article
+    start: int
+    end: int
+    dense: float | None
+    lexical: float | None
+    fused: float | None
+
+
+@dataclass(frozen=True)
+class Result:
+    question: str
+    answer: answering.Answer | None
+    passages: list[Passage]
+    took_ms: float
+    version: str
+    mode: str
+
+
+@dataclass(frozen=True)
+class Upload:
+    """An article offered by a user: the name they gave it and its bytes."""
+
+    name: str
+    data: bytes
+
+
+class Snapshot:
+    """One loaded index version and its retriever; never changes after it is made."""
+
+    def __init__(self, data: IndexData, lexicon: Lexicon) -> None:
+        self.data = data
+        self.retriever = Retriever(data, lexicon)
+        self.version = data.version
+
+
+class Assistant:
+    """Articles in, cited answers out. Thread-safe: questions never wait for a rebuild."""
+
+    def __init__(self, settings: Settings, embedder: Embedder | None = None) -> None:
+        self.settings = settings
+        self.embedder = embedder or create(settings.model, settings.batch_size)
+        self._snapshot: Snapshot | None = None
+        self._lexicon: Lexicon | None = None
+        self._build_lock = threading.Lock()
+        self._cache: OrderedDict[tuple[Any, ...], Result] = OrderedDict()
+        self._cache_lock = threading.Lock()
+
+    # --- index lifecycle -----------------------------------------------------------------
+
+    @property
+    def loaded(self) -> bool:
+        return self._snapshot is not None
+
+    def load(self) -> None:
+        """Load the live index version, refusing one built by another model or format."""
+        data = store.load(self.settings.index_dir)
+        expected = store.compatibility(self.settings.model, None, indexing.chunking_settings(self.settings))
+        store.check_compatible(data.manifest, expected)
+        if self._lexicon is None:
+            self._lexicon = Lexicon()
+        # A single assignment: a question in flight keeps the snapshot it started with.
+        self._snapshot = Snapshot(data, self._lexicon)
+
+    def ensure_index(self, *, progress: bool = False, log: Callable[[str], None] = lambda m: None) -> BuildReport | None:
+        """Load the index, building it from the articles folder first if there is none."""
+        try:
+            self.load()
+            return None
+        except IndexMissing:
+            log(f"no index in {self.settings.index_dir}; building it from {self.settings.docs_dir}")
+            report = self.build(progress=progress, log=log)
+            return report
+
+    def build(self, *, full: bool = False, progress: bool = False, log: Callable[[str], None] = lambda m: None) -> BuildReport:
+        """Update the index from the articles folder and swap it in."""
+        with self._build_lock:
+            report = indexing.build(self.settings, self.embedder, full=full, progress=progress, log=log)
+            if report.version is not None or self._snapshot is None:
+                self.load()
+            return report
+
+    # --- articles ------------------------------------------------------------------------
+
+    def check_upload(self, upload: Upload) -> tuple[str, Document]:
+        """Validate an upload without touching anything; returns its safe file name and parsed article."""
+        base = re.split(r"[\\/]", upload.name)[-1].strip()
+        stem, dot, suffix = base.rpartition(".")
+        suffix = (dot + suffix).lower()
+        if not dot or suffix not in UPLOAD_SUFFIXES:
+            raise DocumentError(f"{upload.name!r}: only {' and '.join(UPLOAD_SUFFIXES)} articles can be added")
+        stem = _SAFE_NAME.sub("_", stem).strip("._-")
+        if not stem:
+            raise DocumentError(f"{upload.name!r} is not a usable file name")
+        if len(upload.data) > self.settings.max_upload_bytes:
+            raise DocumentError(f"{upload.name!r} is {len(upload.data):,} bytes; the limit is {self.settings.max_upload_bytes:,}")
+        doc = documents.parse(upload.data, stem, suffix)
+        return stem + suffix, doc
+
+    def _check_new(self, checked: list[tuple[str, Document]]) -> None:
+        existing = {p.stem for p in documents.article_files(self.settings.docs_dir)} if self.settings.docs_dir.is_dir() else set()
+        texts: dict[str, str] = {}
+        if self._snapshot is not None:
+            texts = {doc.text: doc.doc_id for doc in self._snapshot.data.documents.values()}
+        names: set[str] = set()
+        for name, doc in checked:
+            if doc.doc_id in existing or doc.doc_id in names:
+                raise DocumentError(f"an article named {doc.doc_id!r} already exists; remove it first or rename the file")
+            if doc.text in texts:
+                raise DocumentError(f"{name!r} has the same text as the article {texts[doc.text]!r}")
+            names.add(doc.doc_id)
+            texts[doc.text] = doc.doc_id
+
+    def add(self, uploads: Sequence[Upload], *, progress: bool = False, log: Callable[[str], None] = lambda m: None) -> BuildReport:
+        """Copy new articles into the articles folder and index just them; all or nothing."""
+        if not uploads:
+            raise DocumentError("no articles given")
+        checked = [self.check_upload(u) for u in uploads]
+        with self._build_lock:
+            self._check_new(checked)
+            docs_dir = self.settings.docs_dir
+            docs_dir.mkdir(parents=True, exist_ok=True)
+            written: list[Path] = []
+            try:
+                for (name, _), upload in zip(checked, uploads):
+                    target = docs_dir / name
+                    temp = docs_dir / f".{name}.part"
+                    temp.write_bytes(upload.data)
+                    os.replace(temp, target)
+                    written.append(target)
+                report = indexing.build(self.settings, self.embedder, progress=progress, log=log)
+                self.load()
+                return report
+            except BaseException:
+                # A failed add leaves the folder as it was, so the next build does not pick it up.
+                for path in written:
+                    path.unlink(missing_ok=True)
+                raise
+
+    def add_paths(self, paths: Sequence[Path], **kwargs: Any) -> BuildReport:
+        uploads = []
+        for path in paths:
+            if not path.is_file():
+                raise DocumentError(f"{path} is not a file")
+            uploads.append(Upload(path.name, path.read_bytes()))
+        return self.add(uploads, **kwargs)
+
+    def remove(self, doc_id: str, *, log: Callable[[str], None] = lambda m: None) -> BuildReport:
+        """Delete an article (and its sidecar) from the folder and the index; restored if the rebuild fails."""
+        with self._build_lock:
+            files = [p for p in documents.article_files(self.settings.docs_dir) if p.stem == doc_id]
+            if not files:
+                raise DocumentNotFound(f"no article with id {doc_id!r}")
+            sidecar = files[0].with_name(doc_id + documents.META_SUFFIX)
+            doomed = files + ([sidecar] if sidecar.is_file() else [])
+            saved = {path: path.read_bytes() for path in doomed}
+            for path in doomed:
+                path.unlink()
+            try:
+                report = indexing.build(self.settings, self.embedder, log=log)
+                self.load()
+                return report
+            except BaseException:
+                for path, data in saved.items():
+                    path.write_bytes(data)
+                raise
+
+    # --- questions -----------------------------------------------------------------------
+
+    def snapshot(self) -> Snapshot:
+        snapshot = self._snapshot
+        if snapshot is None:
+            raise IndexMissing(f"no index is loaded; run `qa index` to build one in {self.settings.index_dir}")
+        return snapshot
+
+    def check_question(self, question: str, top_k: int) -> str:
+        text = question.strip() if isinstance(question, str) else ""
+        if not text:
+            raise QuestionError("the question is empty; type a question about the articles")
+        if len(text) > self.settings.max_question_chars:
+            raise QuestionError(f"the question is {len(text)} characters long; the limit is {self.settings.max_question_chars}")
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= 50:
+            raise QuestionError(f"top_k must be a whole number from 1 to 50, got {top_k!r}")
+        return text
+
+    def ask(self, question: str, top_k: int | None = None, mode: Mode | None = None) -> Result:
+        """Best passages for a question, with the answering sentence when the evidence is strong."""
+        started = time.perf_counter()
+        top_k = self.settings.top_k if top_k is None else top_k
+        mode = mode or ("hybrid" if self.settings.hybrid else "dense")
+        if mode not in MODES:
+            raise QuestionError(f"mode must be one of {', '.join(MODES)}")
+        text = self.check_question(question, top_k)
+        snapshot = self.snapshot()
+        key = (snapshot.version, text, top_k, mode)
+        with self._cache_lock:
+            cached = self._cache.get(key)
+            if cached is not None:
+                self._cache.move_to_end(key)
+        if cached is not None:
+            return Result(question, cached.answer, cached.passages, (time.perf_counter() - started) * 1000, cached.version, mode)
+        result = self._answer(snapshot, text, top_k, mode, started)
+        with self._cache_lock:
+            self._cache[key] = result
+            while len(self._cache) > self.settings.cache_size:
+                self._cache.popitem(last=False)
+        return result
+
+    def _answer(self, snapshot: Snapshot, question: str, top_k: int, mode: Mode, started: float) -> Result:
+        settings = self.settings
+        query = self.embedder.embed([question])[0]
+        hits = snapshot.retriever.search(None if mode == "lexical" else query, question, mode=mode,
+                                         rrf_k=settings.rrf_k, dense_weight=settings.dense_weight)
+        hits = tidy(hits, top_k, settings.max_per_doc)
+        terms = snapshot.retriever.lexicon.terms(question)
+        found = answering.choose(query, terms, hits, snapshot.data, snapshot.retriever, settings.answer_threshold)
+        passages = [self._passage(snapshot, rank, hit) for rank, hit in enumerate(hits, start=1)]
+        return Result(question, found, passages, (time.perf_counter() - started) * 1000, snapshot.version, mode)
+
+    @staticmethod
+    def _passage(snapshot: Snapshot, rank: int, hit: Hit) -> Passage:
+        doc = snapshot.data.documents[hit.chunk.doc_id]
+        return Passage(rank, hit.chunk.text, hit.score, doc.doc_id, doc.title, doc.source, doc.published, doc.url,
+                       hit.chunk.position, hit.chunk.start, hit.chunk.end, hit.dense, hit.lexical, hit.fused)
+
+    # --- listing -------------------------------------------------------------------------
+
+    def documents(self) -> list[tuple[Document, int]]:
+        """Every indexed article with its passage count, in id order."""
+        data = self.snapshot().data
+        counts = data.manifest.get("documents", {})
+        return [(doc, counts.get(doc.doc_id, {}).get("passages", 0)) for doc in data.documents.values()]
+
+    def document(self, doc_id: str) -> tuple[Document, int]:
+        data = self.snapshot().data
+        doc = data.documents.get(doc_id)
+        if doc is None:
+            raise DocumentNotFound(f"no article with id {doc_id!r}")
+        return doc, data.manifest.get("documents", {}).get(doc_id, {}).get("passages", 0)
+
+    def stats(self) -> dict[str, Any]:
+        snapshot = self._snapshot
+        if snapshot is None:
+            return {"loaded": False, "documents": 0, "passages": 0, "model": self.settings.model, "version": None}
+        manifest = snapshot.data.manifest
+        return {
+            "loaded": True,
+            "documents": len(snapshot.data.documents),
+            "passages": len(snapshot.data.chunks),
+            "model": manifest.get("model"),
+            "version": snapshot.version,
+            "built_at": manifest.get("built_at"),
+            "format_version": manifest.get("format_version"),
+        }

@@ -1,0 +1,125 @@
+"""The `qa` command: flags in, one facade call, text or JSON out."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from .config import Settings, resolve
+from .errors import QAError
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--docs", dest="docs_dir", metavar="DIR", help="articles folder (QA_DOCS_DIR, default seeds/)")
+    parser.add_argument("--index", dest="index_dir", metavar="DIR", help="index folder (QA_INDEX_DIR, default index/)")
+    parser.add_argument("--model", metavar="NAME_OR_PATH", help="sentence-transformers model (QA_MODEL, default the packaged all-MiniLM-L6-v2)")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="qa", description="Ask questions of a folder of news articles, offline, with citations.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    index = commands.add_parser("index", help="build or update the index from the articles folder")
+    _common(index)
+    index.add_argument("--full", action="store_true", help="re-embed every article instead of only changed ones")
+
+    add = commands.add_parser("add", help="copy articles into the articles folder and index just them")
+    _common(add)
+    add.add_argument("paths", nargs="+", type=Path, metavar="PATH", help=".txt or .md article files")
+
+    remove = commands.add_parser("remove", help="delete an article from the folder and the index")
+    _common(remove)
+    remove.add_argument("doc_id", metavar="DOC_ID")
+
+    ask = commands.add_parser("ask", help="answer a question with cited passages")
+    _common(ask)
+    ask.add_argument("question")
+    ask.add_argument("--top-k", type=int, dest="top_k", metavar="N", help="passages to show, 1-50 (default 5)")
+    ask.add_argument("--mode", choices=("hybrid", "dense", "lexical"), help="retrieval mode (default hybrid)")
+    ask.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    serve = commands.add_parser("serve", help="start the HTTP API and the chat page")
+    _common(serve)
+    serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default 8000)")
+
+    stats = commands.add_parser("stats", help="show what the index holds")
+    _common(stats)
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    flags = {key: getattr(args, key, None) for key in ("docs_dir", "index_dir", "model", "top_k", "host", "port")}
+    return resolve(flags)
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def _report(report: Any) -> str:
+    if report.version is None:
+        text = f"index is up to date: {report.documents} articles, {report.passages} passages"
+    else:
+        text = (f"indexed {report.documents} articles, {report.passages} passages in {report.seconds:.1f}s "
+                f"(embedded {len(report.embedded_documents)}, removed {len(report.removed_documents)})")
+    if report.skipped:
+        text += "; skipped " + ", ".join(f"{name} ({why})" for name, why in report.skipped.items())
+    return text
+
+
+def _print_result(result: Any) -> None:
+    if result.answer is not None:
+        print(f"Answer: {result.answer.text}  [{result.answer.passage + 1}]\n")
+    else:
+        print("Nothing in the articles clearly answers this. Closest passages:\n")
+    for p in result.passages:
+        cite = ", ".join(x for x in (p.title, p.source, p.published) if x)
+        print(f"[{p.rank}] {cite}  ({p.doc_id}, chars {p.start}-{p.end}, score {p.score:.4f})")
+        print("    " + p.text.replace("\n\n", "\n    ") + "\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    try:
+        settings = _settings(args)
+        if args.command == "serve":
+            from .api import serve
+
+            serve(settings)
+            return 0
+        from .assistant import Assistant
+
+        assistant = Assistant(settings)
+        if args.command == "index":
+            print(_report(assistant.build(full=args.full, progress=sys.stderr.isatty(), log=_log)))
+        elif args.command == "add":
+            print(_report(assistant.add_paths(args.paths, progress=sys.stderr.isatty(), log=_log)))
+        elif args.command == "remove":
+            print(_report(assistant.remove(args.doc_id, log=_log)))
+        elif args.command == "ask":
+            assistant.load()
+            result = assistant.ask(args.question, settings.top_k, args.mode)
+            if args.json:
+                from .serialize import result_json
+
+                print(json.dumps(result_json(result), ensure_ascii=False, indent=2))
+            else:
+                _print_result(result)
+        elif args.command == "stats":
+            assistant.load()
+            print(json.dumps(assistant.stats(), indent=2))
+    except QAError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted; the previous index is still in place", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,318 @@
+"""Articles: loading, cleaning, metadata, stable ids and content hashes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import unicodedata
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Iterable
+
+from .errors import DocumentError
+
+SUFFIXES = (".txt", ".md", ".html", ".htm")
+META_SUFFIX = ".meta.json"
+# Bumped whenever cleaning changes what text an article yields, so old indexes are rebuilt.
+CLEANING_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Document:
+    """One cleaned article; `text` is what passages and offsets refer to."""
+
+    doc_id: str
+    title: str
+    source: str | None
+    published: str | None  # ISO date, YYYY-MM-DD
+    url: str | None
+    text: str  # paragraphs separated by a blank line
+    content_hash: str  # of the raw file and its sidecar, so either changing re-indexes
+
+
+# --- furniture: lines that belong to the page, not to the article --------------------------
+
+_FURNITURE_LINE = re.compile(
+    r"""^(?:
+        advertisement|advertising|sponsored(?:\ content)?|promoted|
+        learn\ more|read\ more|show\ more|see\ more|pdf\ view|print|share|share\ this(?:\ article)?|
+        (?:click|tap)\ here\b.*|
+        (?:get\ more\ with|sign\ up|subscribe|download\ (?:the|our)\ app|follow\ us)\b.*|
+        .*\b(?:newsletter|news\ feed|inbox)\b.*|
+        (?:also\ read|read\ also|read\ more|related(?:\ articles?|\ stories)?|see\ also|recommended|more\ on\ this)\s*[:|\-–—].*|
+        (?:photo|photograph|image|picture|file\ photo)s?\s*(?::|by\b|credit\b).*|
+        (?:contact|email|e-mail|write\ to)\b.*@.*|
+        [\w.+-]+@[\w-]+(?:\.[\w-]+)+
+    )$""",
+    re.IGNORECASE | re.VERBOSE,
+)
+# Newsletter prompts and app banners are short and have no sentence ending.
+_PROMPT_MAX_CHARS = 90
+_ONLY_SYMBOLS = re.compile(r"^[\W\d_]*$")
+_BULLET = re.compile(r"^[-*•·▪◦]\s+")
+# Credits inside a caption: "... zone. Photo: Martin Chan", "(PHOTO PROVIDED TO CHINA DAILY)".
+_INLINE_CREDIT = [
+    re.compile(r"\s*\((?:photo|image|picture)s?\b[^)]{0,80}\)", re.IGNORECASE),
+    re.compile(r"\s*\[(?:photo|image|picture)s?\b[^\]]{0,80}\]", re.IGNORECASE),
+    re.compile(r"(?<=[.!?\"”])\s*(?:photo|photograph|image|picture)s?\s*:\s*[^.!?]{1,60}$", re.IGNORECASE),
+]
+_INVISIBLE = re.compile(r"[\u200b\u200c\u200d\u2060\ufeff\u00ad]")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def _is_furniture(line: str) -> bool:
+    if _ONLY_SYMBOLS.match(line):
+        return True
+    match = _FURNITURE_LINE.match(line)
+    if not match:
+        return False
+    # A long line ending like a sentence that merely mentions a newsletter is content.
+    return len(line) <= _PROMPT_MAX_CHARS or "@" in line or line.lower().startswith(("also read", "read more", "related", "see also", "photo"))
+
+
+def _strip_credits(line: str) -> str:
+    for pattern in _INLINE_CREDIT:
+        line = pattern.sub("", line)
+    return line.strip()
+
+
+def _dedupe_key(line: str) -> str:
+    return re.sub(r"\W+", "", line.lower())
+
+
+def clean_lines(raw: str) -> list[str]:
+    """Normalise Unicode and whitespace; return the article's paragraphs without furniture."""
+    text = unicodedata.normalize("NFKC", raw.replace("\r\n", "\n").replace("\r", "\n"))
+    text = _INVISIBLE.sub("", text)
+    text = _CONTROL.sub(" ", text.replace("\t", " "))
+    lines = [" ".join(line.split()) for line in text.split("\n")]
+    kept = [_strip_credits(line) for line in lines if line and not _is_furniture(line)]
+    kept = [line for line in kept if line and not _ONLY_SYMBOLS.match(line)]
+    # A trailing run of bullet lines is a list of other headlines, not the article.
+    end = len(kept)
+    while end > 0 and _BULLET.match(kept[end - 1]):
+        end -= 1
+    if len(kept) - end >= 2:
+        kept = kept[:end]
+    seen: set[str] = set()
+    paragraphs = []
+    for line in kept:
+        key = _dedupe_key(line)
+        # Short lines (subheadings, bylines) may legitimately repeat; long ones are duplicates.
+        if len(key) >= 40 and key in seen:
+            continue
+        seen.add(key)
+        paragraphs.append(line)
+    return paragraphs
+
+
+# --- metadata ------------------------------------------------------------------------------
+
+_MONTHS = {
+    "jan": 1, "feb": 2, "mar": 3, "apr": 4, "may": 5, "jun": 6,
+    "jul": 7, "aug": 8, "sep": 9, "oct": 10, "nov": 11, "dec": 12,
+}
+_MONTH = r"(?P<month>Jan(?:uary)?|Feb(?:ruary)?|Mar(?:ch)?|Apr(?:il)?|May|June?|July?|Aug(?:ust)?|Sept?(?:ember)?|Oct(?:ober)?|Nov(?:ember)?|Dec(?:ember)?)\.?"
+_DATE_PATTERNS = [
+    re.compile(_MONTH + r"\s+(?P<day>\d{1,2}),?\s+(?P<year>\d{4})", re.IGNORECASE),
+    re.compile(r"(?P<day>\d{1,2})\s+" + _MONTH + r",?\s+(?P<year>\d{4})", re.IGNORECASE),
+    re.compile(r"(?P<year>\d{4})-(?P<month>\d{2})-(?P<day>\d{2})"),
+]
+# "SHENZHEN, China, Sept. 1, 2023 /PRNewswire/" names its wire service between slashes.
+_WIRE = re.compile(r"\d{4}\s*/\s*(?P<source>[A-Za-z][\w .&-]{1,40}?)\s*/")
+# "China SCIO | September 6, 2023": a publisher before a date.
+_SOURCE_BAR = re.compile(r"^(?P<source>[^|]{2,40}?)\s*\|\s*\S")
+_EMAIL_DOMAIN = re.compile(r"[\w.+-]+@(?P<domain>[\w-]+(?:\.[\w-]+)+)")
+_URL = re.compile(r"https?://[^\s)>\]]+")
+_HEAD_LINES = 6
+
+
+def find_date(line: str) -> tuple[str, re.Match[str]] | None:
+    """The first plausible calendar date in a line, as ISO text, with its match."""
+    best: tuple[str, re.Match[str]] | None = None
+    for pattern in _DATE_PATTERNS:
+        for match in pattern.finditer(line):
+            month_text = match.group("month")
+            month = int(month_text) if month_text.isdigit() else _MONTHS[month_text[:3].lower()]
+            try:
+                iso = date(int(match.group("year")), month, int(match.group("day"))).isoformat()
+            except ValueError:
+                continue
+            if best is None or match.start() < best[1].start():
+                best = (iso, match)
+            break
+    return best
+
+
+def _is_metadata_line(line: str) -> bool:
+    found = find_date(line)
+    # A dateline is mostly date: "China SCIO | September 6, 2023", "Published: 10:15, ...".
+    return bool(found) and (len(line) < 80 or "|" in line or line.lower().startswith(("published", "updated")))
+
+
+def extract_metadata(paragraphs: list[str], raw: str) -> dict[str, str | None]:
+    """Title, source, date and url where the text states them; None where it does not."""
+    head = paragraphs[:_HEAD_LINES]
+    published = source = None
+    for line in head:
+        found = find_date(line)
+        if found and published is None:
+            published = found[0]
+            wire = _WIRE.search(line[found[1].start():])
+            bar = _SOURCE_BAR.match(line)
+            if wire:
+                source = wire.group("source")
+            elif bar and found[1].start() > bar.end() - 2 and not find_date(bar.group("source")):
+                source = bar.group("source")
+    if source is None:
+        emails = _EMAIL_DOMAIN.findall(raw)
+        if emails:
+            source = emails[-1]
+    url_match = _URL.search(raw)
+    return {
+        "title": _guess_title(paragraphs),
+        "source": source,
+        "published": published,
+        "url": url_match.group(0) if url_match else None,
+    }
+
+
+def _guess_title(paragraphs: list[str]) -> str:
+    """A headline-like line near the top; else the first line's opening words."""
+    for line in paragraphs[:8]:
+        words = line.split()
+        if (
+            4 <= len(words) <= 30
+            and not line.endswith((".", "!", "?", ":", ";", ",", "\"", "”"))
+            and not _is_metadata_line(line)
+            and not line.lower().startswith("by ")
+            and not _BULLET.match(line)
+        ):
+            return line.lstrip("# ").strip()
+    for line in paragraphs:
+        if not _is_metadata_line(line):
+            first = re.split(r"(?<=[.!?])\s", line, maxsplit=1)[0]
+            return first if len(first) <= 120 else first[:117].rsplit(" ", 1)[0] + "…"
+    return ""
+
+
+# --- files ---------------------------------------------------------------------------------
+
+_FRONT_MATTER = re.compile(r"\A---\s*\n(?P<body>.*?)\n---\s*\n", re.DOTALL)
+_META_KEYS = {"title": "title", "source": "source", "publisher": "source", "date": "published",
+              "published": "published", "url": "url"}
+
+
+def _front_matter(raw: str) -> tuple[dict[str, str], str]:
+    match = _FRONT_MATTER.match(raw)
+    if not match:
+        return {}, raw
+    meta = {}
+    for line in match.group("body").splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip().lower() in _META_KEYS:
+            meta[_META_KEYS[key.strip().lower()]] = value.strip().strip("\"'")
+    return meta, raw[match.end():]
+
+
+def _markdown_to_text(raw: str) -> str:
+    """Drop the markdown syntax a reader would not see; keep every word."""
+    text = re.sub(r"^\s{0,3}#{1,6}\s+", "", raw, flags=re.MULTILINE)
+    text = re.sub(r"!\[([^\]]*)\]\([^)]*\)", r"\1", text)
+    text = re.sub(r"\[([^\]]+)\]\([^)]*\)", r"\1", text)
+    return re.sub(r"(\*\*|__|`)", "", text)
+
+
+def _html_to_text(raw: str) -> str:
+    from bs4 import BeautifulSoup  # lazily: only HTML articles need it
+
+    soup = BeautifulSoup(raw, "html.parser")
+    for tag in soup(["script", "style", "noscript", "nav", "footer", "header", "aside", "form"]):
+        tag.decompose()
+    title = soup.title.get_text(" ", strip=True) if soup.title else ""
+    if soup.title:
+        soup.title.decompose()
+    body = soup.get_text("\n")
+    return f"{title}\n{body}" if title else body
+
+
+def decode(data: bytes, name: str) -> str:
+    """Bytes of an article as text, or a DocumentError saying what is wrong with them."""
+    if not data.strip():
+        raise DocumentError(f"{name} is empty")
+    if b"\x00" in data:
+        raise DocumentError(f"{name} looks binary, not text; articles must be UTF-8 text")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DocumentError(f"{name} is not UTF-8 (bad byte at position {exc.start}); save it as UTF-8") from None
+
+
+def parse(data: bytes, doc_id: str, suffix: str, sidecar: bytes | None = None) -> Document:
+    """Turn an article's bytes (and optional sidecar JSON) into a cleaned Document."""
+    name = doc_id + suffix
+    raw = decode(data, name)
+    overrides, raw = _front_matter(raw)
+    if suffix in (".html", ".htm"):
+        raw = _html_to_text(raw)
+    elif suffix == ".md":
+        raw = _markdown_to_text(raw)
+    if sidecar is not None:
+        try:
+            loaded = json.loads(sidecar.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise DocumentError(f"{doc_id}{META_SUFFIX} is not valid JSON: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise DocumentError(f"{doc_id}{META_SUFFIX} must hold a JSON object")
+        overrides.update({_META_KEYS[k]: str(v) for k, v in loaded.items() if k in _META_KEYS and v is not None})
+    paragraphs = clean_lines(raw)
+    if not paragraphs:
+        raise DocumentError(f"{name} has no article text left after cleaning")
+    meta = extract_metadata(paragraphs, raw)
+    meta.update(overrides)
+    digest = hashlib.sha256(data + b"\x00" + (sidecar or b"")).hexdigest()
+    return Document(
+        doc_id=doc_id,
+        title=meta["title"] or doc_id,
+        source=meta["source"],
+        published=meta["published"],
+        url=meta["url"],
+        text="\n\n".join(paragraphs),
+        content_hash=digest,
+    )
+
+
+def article_files(docs_dir: Path) -> list[Path]:
+    """Article files in a folder, sorted by id; sidecars and hidden files are not articles."""
+    if not docs_dir.is_dir():
+        raise DocumentError(f"articles folder {docs_dir} does not exist; create it or pass --docs DIR")
+    files = [
+        path for path in docs_dir.iterdir()
+        if path.is_file() and path.suffix.lower() in SUFFIXES and not path.name.startswith(".")
+    ]
+    ids: dict[str, Path] = {}
+    for path in sorted(files):
+        if path.stem in ids:
+            raise DocumentError(f"two articles share the id {path.stem!r}: {ids[path.stem].name} and {path.name}; rename one")
+        ids[path.stem] = path
+    return [ids[key] for key in sorted(ids)]
+
+
+def load(path: Path) -> Document:
+    """Read one article file, with its sidecar if there is one."""
+    sidecar_path = path.with_name(path.stem + META_SUFFIX)
+    sidecar = sidecar_path.read_bytes() if sidecar_path.is_file() else None
+    return parse(path.read_bytes(), path.stem, path.suffix.lower(), sidecar)
+
+
+def file_hash(path: Path) -> str:
+    """The content hash `load` would give, without cleaning the article."""
+    sidecar_path = path.with_name(path.stem + META_SUFFIX)
+    sidecar = sidecar_path.read_bytes() if sidecar_path.is_file() else b""
+    return hashlib.sha256(path.read_bytes() + b"\x00" + sidecar).hexdigest()
+
+
+def load_all(paths: Iterable[Path]) -> list[Document]:
+    return [load(path) for path in paths]

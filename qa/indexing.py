@@ -1,0 +1,166 @@
+"""Articles folder -> index version: re-embed only new or changed articles, reuse the rest."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from . import documents, store
+from .chunking import Chunk, chunk_text, sentence_units
+from .config import Settings
+from .documents import Document
+from .embedding import Embedder
+from .errors import DocumentError, IndexCorrupt, IndexIncompatible, IndexMissing
+from .store import IndexData
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class BuildReport:
+    """What a build did, for the CLI and the API to show."""
+
+    version: str | None  # None when nothing changed and no version was written
+    documents: int
+    passages: int
+    embedded_documents: list[str]
+    removed_documents: list[str]
+    skipped: dict[str, str] = field(default_factory=dict)  # file name -> why it was not indexed
+    seconds: float = 0.0
+    full: bool = False
+
+
+@dataclass
+class _Part:
+    """One article's share of an index version."""
+
+    doc: Document
+    chunks: list[Chunk]
+    vectors: np.ndarray
+    sentences: list[tuple[int, int]]
+    sentence_vectors: np.ndarray
+    chunk_sentences: list[tuple[int, int]]  # relative to this article's sentences
+
+
+def chunking_settings(settings: Settings) -> dict[str, int]:
+    return {"chunk_chars": settings.chunk_chars, "chunk_min_chars": settings.chunk_min_chars, "overlap": settings.overlap}
+
+
+def split_document(doc: Document, settings: Settings) -> tuple[list[Chunk], list[tuple[int, int]], list[tuple[int, int]]]:
+    """An article's passages, its sentence spans, and each passage's [first, last) sentence rows."""
+    units = sentence_units(doc.text, settings.chunk_chars)
+    row_of = {(s, e): row for row, (s, e, _) in enumerate(units)}
+    chunks = chunk_text(doc.doc_id, doc.text, settings.chunk_chars, settings.chunk_min_chars, settings.overlap)
+    ranges = [(row_of[c.sentences[0]], row_of[c.sentences[-1]] + 1) for c in chunks]
+    return chunks, [(s, e) for s, e, _ in units], ranges
+
+
+def _parts_of(data: IndexData) -> dict[str, _Part]:
+    """Cut a loaded index back into per-article parts, so unchanged ones are reused as they are."""
+    parts: dict[str, _Part] = {}
+    sentence_rows: dict[str, list[int]] = {}
+    for row, (doc_id, _, _) in enumerate(data.sentences):
+        sentence_rows.setdefault(doc_id, []).append(row)
+    chunk_rows: dict[str, list[int]] = {}
+    for row, chunk in enumerate(data.chunks):
+        chunk_rows.setdefault(chunk.doc_id, []).append(row)
+    for doc_id, doc in data.documents.items():
+        rows = chunk_rows.get(doc_id, [])
+        srows = sentence_rows.get(doc_id, [])
+        base = srows[0] if srows else 0
+        parts[doc_id] = _Part(
+            doc=doc,
+            chunks=[data.chunks[r] for r in rows],
+            vectors=data.vectors[rows],
+            sentences=[(data.sentences[r][1], data.sentences[r][2]) for r in srows],
+            sentence_vectors=data.sentence_vectors[srows],
+            chunk_sentences=[(data.chunk_sentences[r][0] - base, data.chunk_sentences[r][1] - base) for r in rows],
+        )
+    return parts
+
+
+def assemble(parts: list[_Part], dimension: int) -> IndexData:
+    """Concatenate per-article parts, in id order, into one index's arrays."""
+    parts = sorted(parts, key=lambda p: p.doc.doc_id)
+    chunks, sentences, chunk_sentences = [], [], []
+    for part in parts:
+        base = len(sentences)
+        chunks.extend(part.chunks)
+        sentences.extend((part.doc.doc_id, s, e) for s, e in part.sentences)
+        chunk_sentences.extend((first + base, last + base) for first, last in part.chunk_sentences)
+    empty = np.zeros((0, dimension), dtype=np.float32)
+    return IndexData(
+        documents={p.doc.doc_id: p.doc for p in parts},
+        chunks=chunks,
+        vectors=np.concatenate([p.vectors for p in parts] or [empty]).astype(np.float32),
+        sentences=sentences,
+        sentence_vectors=np.concatenate([p.sentence_vectors for p in parts] or [empty]).astype(np.float32),
+        chunk_sentences=chunk_sentences,
+    )
+
+
+def embed_documents(docs: list[Document], settings: Settings, embedder: Embedder, progress: bool) -> list[_Part]:
+    """Chunk and embed new or changed articles: passages and sentences in one batched pass."""
+    split = [split_document(doc, settings) for doc in docs]
+    texts = [c.text for chunks, _, _ in split for c in chunks]
+    n_passages = len(texts)
+    texts += [doc.text[s:e] for doc, (_, spans, _) in zip(docs, split) for s, e in spans]
+    vectors = embedder.embed(texts, progress=progress) if texts else np.zeros((0, embedder.dimension), np.float32)
+    passage_vectors, sentence_vectors = vectors[:n_passages], vectors[n_passages:]
+    parts, p_at, s_at = [], 0, 0
+    for doc, (chunks, spans, ranges) in zip(docs, split):
+        parts.append(_Part(doc, chunks, passage_vectors[p_at:p_at + len(chunks)], spans,
+                           sentence_vectors[s_at:s_at + len(spans)], ranges))
+        p_at += len(chunks)
+        s_at += len(spans)
+    return parts
+
+
+def build(settings: Settings, embedder: Embedder, *, full: bool = False, progress: bool = False,
+          log: Log = lambda message: None) -> BuildReport:
+    """Bring the index in line with the articles folder; only changed articles are embedded."""
+    started = time.perf_counter()
+    index_dir = settings.index_dir
+    with store.build_lock(index_dir):
+        store.clean_staging(index_dir)
+        files = documents.article_files(settings.docs_dir)
+        expected = store.compatibility(settings.model, None, chunking_settings(settings))
+        previous: dict[str, _Part] = {}
+        if not full:
+            try:
+                loaded = store.load(index_dir)
+                store.check_compatible(loaded.manifest, expected)
+                previous = _parts_of(loaded)
+            except IndexMissing:
+                full = True
+            except (IndexIncompatible, IndexCorrupt) as exc:
+                log(f"rebuilding from scratch: {exc}")
+                full = True
+        kept: list[_Part] = []
+        changed: list[Document] = []
+        skipped: dict[str, str] = {}
+        for path in files:
+            old = previous.get(path.stem)
+            if old is not None and old.doc.content_hash == documents.file_hash(path):
+                kept.append(old)
+                continue
+            try:
+                changed.append(documents.load(path))
+            except DocumentError as exc:
+                skipped[path.name] = str(exc)
+                log(f"skipped {path.name}: {exc}")
+        current_ids = {p.doc.doc_id for p in kept} | {d.doc_id for d in changed}
+        removed = sorted(set(previous) - current_ids)
+        if previous and not changed and not removed:
+            return BuildReport(None, len(kept), sum(len(p.chunks) for p in kept), [], [], skipped,
+                               time.perf_counter() - started, full)
+        if changed:
+            log(f"embedding {len(changed)} article(s)")
+        new_parts = embed_documents(changed, settings, embedder, progress)
+        data = assemble(kept + new_parts, embedder.dimension)
+        version = store.write(index_dir, data, {"model": settings.model, "chunking": chunking_settings(settings)})
+        return BuildReport(version, len(data.documents), len(data.chunks), [d.doc_id for d in changed], removed,
+                           skipped, time.perf_counter() - started, full)

@@ -1,0 +1,288 @@
+"""The only code that touches the index folder: versions, manifest, arrays, atomic swaps.
+
+Layout: each build is written to a hidden temporary folder, renamed to `v-<time>-<id>/`, and
+then `CURRENT` (a one-line file naming the live version) is replaced atomically. A crash at any
+moment leaves either the old or the new version named in CURRENT, both complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from .chunking import Chunk
+from .documents import CLEANING_VERSION, Document
+from .errors import IndexBusy, IndexCorrupt, IndexIncompatible, IndexMissing
+
+FORMAT_VERSION = 1
+CURRENT = "CURRENT"
+LOCK = ".lock"
+MANIFEST = "manifest.json"
+FILES = ("documents.json", "passages.json", "vectors.npy", "sentence_vectors.npy", "dense.faiss")
+# Above this many passages an HNSW graph replaces exact search (see README, "Index").
+APPROXIMATE_ABOVE = 50_000
+
+
+@dataclass(frozen=True)
+class IndexData:
+    """Everything one index version holds, in memory."""
+
+    documents: dict[str, Document]  # in id order
+    chunks: list[Chunk]  # grouped by document, in id order
+    vectors: np.ndarray  # one unit row per chunk
+    sentences: list[tuple[str, int, int]]  # (doc_id, start, end) of every sentence
+    sentence_vectors: np.ndarray  # one unit row per sentence
+    chunk_sentences: list[tuple[int, int]]  # each chunk's [first, last) rows in sentences
+    manifest: dict[str, Any] = field(default_factory=dict)
+    version: str = ""
+    faiss_index: Any = None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync_write(path: Path, data: bytes) -> None:
+    with path.open("wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def make_faiss_index(vectors: np.ndarray) -> Any:
+    """Exact inner product (cosine, as rows are unit length); HNSW for very large corpora."""
+    import faiss
+
+    dimension = vectors.shape[1]
+    if len(vectors) > APPROXIMATE_ABOVE:
+        index = faiss.IndexHNSWFlat(dimension, 32, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = 80
+        index.hnsw.efSearch = 128
+    else:
+        index = faiss.IndexFlatIP(dimension)
+    if len(vectors):
+        index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+    return index
+
+
+def compatibility(model: str, dimension: int | None, chunking: dict[str, int]) -> dict[str, Any]:
+    """The manifest fields that must match for an index to be reused as it is."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "cleaning_version": CLEANING_VERSION,
+        "model": model,
+        "dimension": dimension,
+        "chunking": chunking,
+    }
+
+
+def _document_record(doc: Document, passages: int) -> dict[str, Any]:
+    return {
+        "doc_id": doc.doc_id, "title": doc.title, "source": doc.source, "published": doc.published,
+        "url": doc.url, "content_hash": doc.content_hash, "passages": passages, "text": doc.text,
+    }
+
+
+def write(index_dir: Path, data: IndexData, settings_fields: dict[str, Any]) -> str:
+    """Write a new version beside the live one and make it live; returns its name."""
+    index_dir.mkdir(parents=True, exist_ok=True)
+    name = f"v-{datetime.now(timezone.utc):%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}"
+    staging = index_dir / f".tmp-{name}"
+    staging.mkdir()
+    try:
+        counts: dict[str, int] = {}
+        for chunk in data.chunks:
+            counts[chunk.doc_id] = counts.get(chunk.doc_id, 0) + 1
+        documents = [_document_record(doc, counts.get(doc.doc_id, 0)) for doc in data.documents.values()]
+        _fsync_write(staging / "documents.json", json.dumps(documents, ensure_ascii=False).encode())
+        passages = [
+            {"doc_id": c.doc_id, "position": c.position, "start": c.start, "end": c.end,
+             "sentences": [first, last]}
+            for c, (first, last) in zip(data.chunks, data.chunk_sentences)
+        ]
+        sentences = [[doc_id, start, end] for doc_id, start, end in data.sentences]
+        _fsync_write(staging / "passages.json", json.dumps({"passages": passages, "sentences": sentences}).encode())
+        for filename, array in (("vectors.npy", data.vectors), ("sentence_vectors.npy", data.sentence_vectors)):
+            with (staging / filename).open("wb") as handle:
+                np.save(handle, np.ascontiguousarray(array, dtype=np.float32), allow_pickle=False)
+                handle.flush()
+                os.fsync(handle.fileno())
+        import faiss
+
+        faiss.write_index(make_faiss_index(data.vectors), str(staging / "dense.faiss"))
+        manifest = {
+            **compatibility(settings_fields["model"], int(data.vectors.shape[1]), settings_fields["chunking"]),
+            "faiss": "hnsw" if len(data.chunks) > APPROXIMATE_ABOVE else "flat-ip",
+            "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "built_by": f"qa {_package_version()}",
+            "version": name,
+            "counts": {"documents": len(data.documents), "passages": len(data.chunks), "sentences": len(data.sentences)},
+            "documents": {doc.doc_id: {"content_hash": doc.content_hash, "passages": counts.get(doc.doc_id, 0)}
+                          for doc in data.documents.values()},
+            "files": {filename: _sha256(staging / filename) for filename in FILES},
+        }
+        _fsync_write(staging / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False).encode())
+        _fsync_dir(staging)
+        os.rename(staging, index_dir / name)
+        pointer = index_dir / f".{CURRENT}.{name}"
+        _fsync_write(pointer, name.encode())
+        os.replace(pointer, index_dir / CURRENT)
+        _fsync_dir(index_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _prune(index_dir, keep={name})
+    return name
+
+
+def _prune(index_dir: Path, keep: set[str]) -> None:
+    """Remove versions older than the live one and its predecessor, and stale staging folders."""
+    versions = sorted(p for p in index_dir.glob("v-*") if p.is_dir())
+    keep_names = keep | {p.name for p in versions[-2:]}
+    for path in versions:
+        if path.name not in keep_names:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def clean_staging(index_dir: Path) -> None:
+    """Remove what interrupted builds left behind; call only while holding the build lock."""
+    for path in index_dir.glob(".tmp-*"):
+        shutil.rmtree(path, ignore_errors=True)
+    for path in index_dir.glob(f".{CURRENT}.*"):
+        path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def build_lock(index_dir: Path) -> Iterator[None]:
+    """Hold the index folder's build lock, or raise IndexBusy if another build holds it."""
+    index_dir.mkdir(parents=True, exist_ok=True)
+    with (index_dir / LOCK).open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise IndexBusy(f"another build is updating {index_dir}; wait for it to finish") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def current_version(index_dir: Path) -> str | None:
+    pointer = index_dir / CURRENT
+    if not pointer.is_file():
+        return None
+    return pointer.read_text().strip() or None
+
+
+def read_manifest(index_dir: Path) -> dict[str, Any]:
+    """The live version's manifest; IndexMissing or IndexCorrupt if it cannot be read."""
+    name = current_version(index_dir)
+    if name is None:
+        raise IndexMissing(f"no index in {index_dir}; run `qa index` to build one")
+    path = index_dir / name / MANIFEST
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise IndexCorrupt(f"index manifest {path} is unreadable ({exc}); run `qa index --full` to rebuild") from None
+
+
+def check_compatible(manifest: dict[str, Any], expected: dict[str, Any]) -> None:
+    """Refuse an index built by another model, format or chunking, saying how to rebuild."""
+    for key in ("format_version", "cleaning_version", "model", "chunking"):
+        if manifest.get(key) != expected[key]:
+            raise IndexIncompatible(
+                f"the index was built with {key} {manifest.get(key)!r}, not {expected[key]!r}; "
+                "run `qa index --full` to rebuild it"
+            )
+    if expected.get("dimension") is not None and manifest.get("dimension") != expected["dimension"]:
+        raise IndexIncompatible(
+            f"the index has {manifest.get('dimension')}-dimensional vectors but the model gives "
+            f"{expected['dimension']}; run `qa index --full` to rebuild it"
+        )
+
+
+def load(index_dir: Path, verify: bool = True) -> IndexData:
+    """Load the live version, checking every file against its checksum."""
+    manifest = read_manifest(index_dir)
+    folder = index_dir / manifest.get("version", "")
+    rebuild = "run `qa index --full` to rebuild it"
+    if verify:
+        for filename in FILES:
+            path = folder / filename
+            expected = manifest.get("files", {}).get(filename)
+            if not path.is_file():
+                raise IndexCorrupt(f"index file {filename} is missing; {rebuild}")
+            if expected != _sha256(path):
+                raise IndexCorrupt(f"index file {filename} is damaged (checksum mismatch); {rebuild}")
+    try:
+        import faiss
+
+        records = json.loads((folder / "documents.json").read_text())
+        stored = json.loads((folder / "passages.json").read_text())
+        vectors = np.load(folder / "vectors.npy", allow_pickle=False)
+        sentence_vectors = np.load(folder / "sentence_vectors.npy", allow_pickle=False)
+        faiss_index = faiss.read_index(str(folder / "dense.faiss"))
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        raise IndexCorrupt(f"index in {folder} cannot be read ({exc}); {rebuild}") from None
+    documents = {}
+    for r in records:
+        documents[r["doc_id"]] = Document(
+            r["doc_id"], r["title"], r["source"], r["published"], r["url"], r["text"], r["content_hash"]
+        )
+    sentences = [(d, s, e) for d, s, e in stored["sentences"]]
+    chunks = []
+    chunk_sentences = []
+    for p in stored["passages"]:
+        text = documents[p["doc_id"]].text
+        first, last = p["sentences"]
+        spans = tuple((s, e) for _, s, e in sentences[first:last])
+        chunks.append(Chunk(p["doc_id"], p["position"], p["start"], p["end"], text[p["start"]:p["end"]], spans))
+        chunk_sentences.append((first, last))
+    if len(chunks) != len(vectors) or faiss_index.ntotal != len(chunks) or len(sentences) != len(sentence_vectors):
+        raise IndexCorrupt(f"index in {folder} has mismatched parts; {rebuild}")
+    return IndexData(documents, chunks, vectors, sentences, sentence_vectors, chunk_sentences,
+                     manifest, manifest["version"], faiss_index)
+
+
+def wait_for_version_change(index_dir: Path, previous: str | None, timeout: float) -> str | None:
+    """Poll CURRENT until it names another version (used by tests and the server's reload)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        name = current_version(index_dir)
+        if name != previous:
+            return name
+        time.sleep(0.05)
+    return current_version(index_dir)
+
+
+def _package_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("qa")
+    except Exception:  # not installed, e.g. run from a source tree
+        return "dev"
