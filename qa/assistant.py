@@ -135,7 +135,11 @@ class Assistant:
         doc = documents.parse(upload.data, stem, suffix)
         return stem + suffix, doc
 
-    def _check_new(self, checked: list[tuple[str, Document]]) -> None:
+    def validate_uploads(self, uploads: Sequence[Upload]) -> list[tuple[str, Document]]:
+        """Check uploads against each other and the folder: safe names, no duplicate ids or texts."""
+        if not uploads:
+            raise DocumentError("no articles given")
+        checked = [self.check_upload(u) for u in uploads]
         existing = {p.stem for p in documents.article_files(self.settings.docs_dir)} if self.settings.docs_dir.is_dir() else set()
         texts: dict[str, str] = {}
         if self._snapshot is not None:
@@ -148,14 +152,12 @@ class Assistant:
                 raise DocumentError(f"{name!r} has the same text as the article {texts[doc.text]!r}")
             names.add(doc.doc_id)
             texts[doc.text] = doc.doc_id
+        return checked
 
     def add(self, uploads: Sequence[Upload], *, progress: bool = False, log: Callable[[str], None] = lambda m: None) -> BuildReport:
         """Copy new articles into the articles folder and index just them; all or nothing."""
-        if not uploads:
-            raise DocumentError("no articles given")
-        checked = [self.check_upload(u) for u in uploads]
         with self._build_lock:
-            self._check_new(checked)
+            checked = self.validate_uploads(uploads)
             docs_dir = self.settings.docs_dir
             docs_dir.mkdir(parents=True, exist_ok=True)
             written: list[Path] = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from typing import Literal
@@ -16,6 +17,8 @@ MODES: tuple[Mode, ...] = ("hybrid", "dense", "lexical")
 _WORD = re.compile(r"\w+")
 # How deep each ranker looks before fusion; fusion only reorders what either one found.
 _DEPTH = 100
+# bm25s logs every index build at DEBUG; questions should not fill the server log.
+logging.getLogger("bm25s").setLevel(logging.WARNING)
 
 
 @dataclass(frozen=True)

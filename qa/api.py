@@ -1,0 +1,361 @@
+"""HTTP adapter: FastAPI routes over one Assistant, plus the chat page from web/."""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import logging
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, AsyncIterator, Literal
+
+from fastapi import Body, Depends, File, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from fastapi_offline import FastAPIOffline
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from . import serialize
+from .assistant import Assistant, Upload
+from .config import Settings
+from .errors import (DocumentError, DocumentNotFound, IndexBusy, IndexCorrupt, IndexError_, IndexIncompatible,
+                     IndexMissing, QAError, QuestionError)
+
+log = logging.getLogger("qa.api")
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+# The chat page runs only its own script file: no inline script, nothing from elsewhere.
+PAGE_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+            "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+# Swagger UI (/docs) needs its own inline bootstrap script; its assets still come from this server.
+DOCS_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+            "img-src 'self' data:; object-src 'none'; frame-ancestors 'none'")
+MAX_JSON_BYTES = 64 * 1024
+MAX_FILES = 20
+
+_STATUS: dict[type[QAError], int] = {
+    QuestionError: 422, DocumentNotFound: 404, DocumentError: 422, IndexMissing: 503, IndexBusy: 409,
+    IndexCorrupt: 503, IndexIncompatible: 503, IndexError_: 503,
+}
+_CODES: dict[type[QAError], str] = {
+    QuestionError: "bad_question", DocumentNotFound: "not_found", DocumentError: "bad_document",
+    IndexMissing: "no_index", IndexBusy: "busy", IndexCorrupt: "index_corrupt", IndexIncompatible: "index_incompatible",
+}
+
+
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    """The one error shape: {"error": {"code": ..., "message": ...}}."""
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+
+
+# --- request and response models (they also document the API at /docs) ---------------------
+
+class AskRequest(BaseModel):
+    question: str = Field(min_length=1, max_length=4000, description="What to ask about the articles.",
+                          examples=["What is the total area of the Hetao cooperation zone?"])
+    top_k: int = Field(5, ge=1, le=50, description="How many passages to return.")
+    mode: Literal["hybrid", "dense", "lexical"] | None = Field(None, description="Retrieval mode; hybrid by default.")
+
+    model_config = {"extra": "forbid", "json_schema_extra": {"examples": [
+        {"question": "Who is the mayor of Shenzhen?", "top_k": 5}]}}
+
+
+class AnswerModel(BaseModel):
+    text: str
+    passage: int = Field(description="Index into `passages` of the passage holding the sentence.")
+    start: int = Field(description="Start offset of the sentence in the article text.")
+    end: int
+    score: float
+
+
+class Scores(BaseModel):
+    dense: float | None = Field(description="Cosine similarity of passage and question.")
+    lexical: float | None = Field(description="BM25 score.")
+    fused: float | None = Field(description="Reciprocal-rank fusion score (hybrid mode).")
+
+
+class PassageModel(BaseModel):
+    rank: int
+    text: str
+    score: float
+    doc_id: str
+    title: str
+    source: str | None
+    published: str | None
+    url: str | None
+    position: int
+    start: int = Field(description="Offset of the passage in the text that GET /documents/{doc_id} serves.")
+    end: int
+    scores: Scores
+
+
+class AskResponse(BaseModel):
+    question: str
+    answer: AnswerModel | None = Field(description="The answering sentence, or null when nothing answers.")
+    passages: list[PassageModel]
+    took_ms: float
+    mode: str
+    index_version: str
+
+
+class DocumentSummary(BaseModel):
+    doc_id: str
+    title: str
+    source: str | None
+    published: str | None
+    url: str | None
+    passages: int
+
+
+class DocumentFull(DocumentSummary):
+    text: str
+
+
+class Health(BaseModel):
+    loaded: bool
+    documents: int
+    passages: int
+    model: str | None
+    version: str | None
+    built_at: str | None = None
+    format_version: int | None = None
+    building: bool = False
+
+
+class JobModel(BaseModel):
+    job_id: str
+    kind: str
+    status: Literal["queued", "running", "done", "failed"]
+    documents: list[str]
+    message: str | None = None
+    index_version: str | None = None
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorModel(BaseModel):
+    error: ErrorDetail
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorModel, "description": text}
+    for status, text in ((401, "Missing or wrong API token"), (404, "No such article"), (413, "Too large"),
+                         (422, "Invalid input"), (503, "No usable index"))
+}
+
+
+# --- background index updates ----------------------------------------------------------------
+
+@dataclass
+class Job:
+    job_id: str
+    kind: str
+    documents: list[str]
+    status: str = "queued"
+    message: str | None = None
+    index_version: str | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+    def json(self) -> dict[str, Any]:
+        return {"job_id": self.job_id, "kind": self.kind, "status": self.status, "documents": self.documents,
+                "message": self.message, "index_version": self.index_version}
+
+
+class Jobs:
+    """Index updates run one at a time off the request path; questions keep the old index meanwhile."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qa-index")
+        self._jobs: dict[str, Job] = {}
+        self._lock = threading.Lock()
+
+    def submit(self, kind: str, names: list[str], work: Any) -> Job:
+        job = Job(uuid.uuid4().hex[:12], kind, names)
+        with self._lock:
+            self._jobs[job.job_id] = job
+
+        def run() -> None:
+            job.status = "running"
+            try:
+                report = work()
+                job.index_version = report.version
+                job.status = "done"
+            except QAError as exc:
+                job.status, job.message = "failed", str(exc)
+            except Exception:
+                log.exception("index update %s failed", job.job_id)
+                job.status, job.message = "failed", "the index update failed; the previous index is still serving"
+            finally:
+                job.done.set()
+
+        self._pool.submit(run)
+        return job
+
+    def get(self, job_id: str) -> Job | None:
+        with self._lock:
+            return self._jobs.get(job_id)
+
+    @property
+    def busy(self) -> bool:
+        with self._lock:
+            return any(job.status in ("queued", "running") for job in self._jobs.values())
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
+# --- the application --------------------------------------------------------------------------
+
+def create_app(assistant: Assistant, web_dir: Path = WEB_DIR) -> Any:
+    """An app serving one assistant; the caller decides when the index is built or loaded."""
+    settings: Settings = assistant.settings
+    jobs = Jobs()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[None]:
+        yield
+        jobs.shutdown()
+
+    app = FastAPIOffline(
+        lifespan=lifespan,
+        title="qa: questions over news articles",
+        version="1.0",
+        description="Ask questions of a folder of news articles and get cited passages, offline.",
+        redoc_url=None,
+    )
+    app.state.assistant = assistant
+    app.state.jobs = jobs
+    templates = Jinja2Templates(directory=str(web_dir / "templates"))
+    app.mount("/static", StaticFiles(directory=str(web_dir / "static")), name="static")
+
+    @app.exception_handler(QAError)
+    async def qa_error(request: Request, exc: QAError) -> JSONResponse:
+        status = next((code for kind, code in _STATUS.items() if isinstance(exc, kind)), 400)
+        code = next((name for kind, name in _CODES.items() if isinstance(exc, kind)), "error")
+        return error_response(status, code, str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = []
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error.get("loc", ()) if part != "body") or "body"
+            problems.append(f"{where}: {error.get('msg', 'invalid')}")
+        return error_response(422, "invalid_request", "; ".join(problems) or "invalid request")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_response(exc.status_code, "http_error", str(exc.detail), getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return error_response(500, "internal", "something went wrong on the server; it has been logged")
+
+    @app.middleware("http")
+    async def limits_and_headers(request: Request, call_next: Any) -> Any:
+        length = request.headers.get("content-length")
+        limit = settings.max_upload_bytes * MAX_FILES + 64 * 1024 if request.url.path == "/documents" else MAX_JSON_BYTES
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            return error_response(413, "too_large", f"request body over {limit:,} bytes")
+        response = await call_next(request)
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Referrer-Policy"] = "no-referrer"
+        response.headers["Content-Security-Policy"] = DOCS_CSP if request.url.path.startswith("/docs") else PAGE_CSP
+        return response
+
+    def require_token(request: Request) -> None:
+        token = settings.api_token
+        if not token:
+            return
+        given = request.headers.get("authorization", "")
+        given = given[7:] if given.lower().startswith("bearer ") else request.headers.get("x-api-token", "")
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            raise StarletteHTTPException(401, "this action needs the API token (Authorization: Bearer ...)")
+
+    def ask(question: str, top_k: int, mode: str | None) -> dict[str, Any]:
+        return serialize.result_json(assistant.ask(question, top_k, mode))  # type: ignore[arg-type]
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def page(request: Request) -> Any:
+        return templates.TemplateResponse(request, "index.html", {"max_question_chars": settings.max_question_chars})
+
+    @app.post("/ask", response_model=AskResponse, responses=_ERRORS, summary="Ask a question")
+    def ask_post(body: Annotated[AskRequest, Body()]) -> Any:
+        """Best passages with citations, and the answering sentence when the evidence is strong."""
+        return ask(body.question, body.top_k, body.mode)
+
+    @app.get("/ask", response_model=AskResponse, responses=_ERRORS, summary="Ask a question (query string)")
+    def ask_get(
+        q: Annotated[str, Query(min_length=1, max_length=4000, examples=["Who is the mayor of Shenzhen?"])],
+        top_k: Annotated[int, Query(ge=1, le=50)] = 5,
+        mode: Annotated[Literal["hybrid", "dense", "lexical"] | None, Query()] = None,
+    ) -> Any:
+        return ask(q, top_k, mode)
+
+    @app.get("/health", response_model=Health, summary="Is an index loaded, and what does it hold")
+    def health() -> Any:
+        return {**assistant.stats(), "building": jobs.busy}
+
+    @app.get("/documents", response_model=list[DocumentSummary], responses=_ERRORS, summary="List indexed articles")
+    def list_documents() -> Any:
+        return [serialize.document_json(doc, n) for doc, n in assistant.documents()]
+
+    @app.get("/documents/{doc_id}", response_model=DocumentFull, responses=_ERRORS, summary="One article, cleaned text")
+    def get_document(doc_id: str) -> Any:
+        doc, n = assistant.document(doc_id)
+        return serialize.document_json(doc, n, with_text=True)
+
+    @app.post("/documents", status_code=202, response_model=JobModel, responses=_ERRORS, summary="Add articles",
+              dependencies=[Depends(require_token)])
+    async def add_documents(files: Annotated[list[UploadFile], File(description=".txt or .md articles, UTF-8")]) -> Any:
+        """Checked at once; indexed in the background while the current index keeps answering."""
+        if not files:
+            raise DocumentError("no files uploaded")
+        if len(files) > MAX_FILES:
+            raise DocumentError(f"at most {MAX_FILES} files at once")
+        uploads = []
+        for upload in files:
+            data = await upload.read(settings.max_upload_bytes + 1)
+            uploads.append(Upload(upload.filename or "", data))
+        names = [name for name, _ in assistant.validate_uploads(uploads)]
+        return jobs.submit("add", names, lambda: assistant.add(uploads)).json()
+
+    @app.delete("/documents/{doc_id}", status_code=202, response_model=JobModel, responses=_ERRORS,
+                summary="Remove an article", dependencies=[Depends(require_token)])
+    def delete_document(doc_id: str) -> Any:
+        assistant.document(doc_id)  # 404 now rather than a failed job later
+        return jobs.submit("remove", [doc_id], lambda: assistant.remove(doc_id)).json()
+
+    @app.get("/jobs/{job_id}", response_model=JobModel, responses=_ERRORS, summary="State of an index update")
+    def get_job(job_id: str) -> Any:
+        job = jobs.get(job_id)
+        if job is None:
+            raise StarletteHTTPException(404, f"no job {job_id!r}")
+        return job.json()
+
+    return app
+
+
+def serve(settings: Settings) -> None:
+    """`qa serve`: build the index if there is none, then answer on host:port."""
+    import sys
+
+    import uvicorn
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    assistant = Assistant(settings)
+    report = assistant.ensure_index(progress=sys.stderr.isatty(), log=log.info)
+    if report is not None:
+        log.info("built index: %d articles, %d passages in %.1fs", report.documents, report.passages, report.seconds)
+    # Load the model now, so the first question does not pay for it.
+    assistant.embedder.embed(["warm up"])
+    log.info("serving %d articles on http://%s:%d", assistant.stats()["documents"], settings.host, settings.port)
+    uvicorn.run(create_app(assistant), host=settings.host, port=settings.port, log_level="info")
