@@ -231,12 +231,11 @@ def load(index_dir: Path, verify: bool = True) -> IndexData:
     folder = index_dir / manifest.get("version", "")
     rebuild = "run `qa index --full` to rebuild it"
     if verify:
+        missing = [name for name in FILES if not (folder / name).is_file()]
+        if missing:
+            raise IndexCorrupt(f"index file {', '.join(missing)} is missing; {rebuild}")
         for filename in FILES:
-            path = folder / filename
-            expected = manifest.get("files", {}).get(filename)
-            if not path.is_file():
-                raise IndexCorrupt(f"index file {filename} is missing; {rebuild}")
-            if expected != _sha256(path):
+            if manifest.get("files", {}).get(filename) != _sha256(folder / filename):
                 raise IndexCorrupt(f"index file {filename} is damaged (checksum mismatch); {rebuild}")
     try:
         import faiss

@@ -1,0 +1,227 @@
+"""Building, incremental updates, atomic swaps and refusals, with the fake embedder."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import pytest
+
+from qa import store
+from qa.assistant import Assistant, Upload
+from qa.errors import DocumentError, DocumentNotFound, IndexCorrupt, IndexIncompatible, IndexMissing
+from qa.indexing import build
+from qa.store import IndexData
+
+from .conftest import make_settings
+
+NEW_ARTICLE = (
+    "Lighthouse keepers return to Cape Verde Point\n\n"
+    "The lighthouse on Cape Verde Point will be staffed again from May, the maritime office said. "
+    "Two keepers will live in the restored cottage beside the tower.\n"
+)
+
+
+def snapshot(data: IndexData) -> tuple:
+    """What must be identical between two builds of the same articles."""
+    chunks = [(c.doc_id, c.position, c.start, c.end, c.text, c.sentences) for c in data.chunks]
+    return (chunks, data.sentences, data.chunk_sentences, sorted(data.documents))
+
+
+def test_build_writes_a_complete_manifest(assistant: Assistant) -> None:
+    manifest = store.read_manifest(assistant.settings.index_dir)
+    assert manifest["model"] == "fake-256" and manifest["dimension"] == 256
+    assert manifest["format_version"] == store.FORMAT_VERSION
+    assert set(manifest["documents"]) == {p.stem for p in assistant.settings.docs_dir.glob("*.txt")}
+    assert all(len(entry["content_hash"]) == 64 for entry in manifest["documents"].values())
+    assert manifest["chunking"] == {"chunk_chars": 700, "chunk_min_chars": 250, "overlap": 1}
+    assert set(manifest["files"]) == set(store.FILES) and manifest["built_at"]
+
+
+def test_incremental_equals_full_rebuild(assistant: Assistant, tmp_path: Path) -> None:
+    settings = assistant.settings
+    docs = settings.docs_dir
+    (docs / "new_article.txt").write_text(NEW_ARTICLE)
+    changed = docs / "003_a706da511b167a58.txt"
+    changed.write_text(changed.read_text() + "\nA sentence added in an edit about lighthouses.\n")
+    (docs / "000_53675505a120e109.txt").unlink()
+
+    embedder = assistant.embedder
+    before = embedder.texts_embedded
+    report = build(settings, embedder)
+    assert sorted(report.embedded_documents) == ["003_a706da511b167a58", "new_article"]
+    assert report.removed_documents == ["000_53675505a120e109"]
+    incremental = store.load(settings.index_dir)
+    embedded = embedder.texts_embedded - before
+
+    full_settings = dataclasses.replace(settings, index_dir=tmp_path / "full")
+    build(full_settings, embedder, full=True)
+    full = store.load(full_settings.index_dir)
+    assert snapshot(incremental) == snapshot(full)
+    assert np.array_equal(incremental.vectors, full.vectors)
+    assert np.array_equal(incremental.sentence_vectors, full.sentence_vectors)
+    # Only the two touched articles were embedded, not the whole corpus.
+    assert embedded < (embedder.texts_embedded - before - embedded) / 2
+
+    question = "Who will live in the cottage beside the lighthouse tower?"
+    ask_incremental = Assistant(settings, embedder)
+    ask_incremental.load()
+    ask_full = Assistant(full_settings, embedder)
+    ask_full.load()
+    assert [(p.doc_id, p.start) for p in ask_incremental.ask(question).passages] == \
+           [(p.doc_id, p.start) for p in ask_full.ask(question).passages]
+
+
+def test_unchanged_folder_writes_nothing(assistant: Assistant) -> None:
+    version = store.current_version(assistant.settings.index_dir)
+    report = assistant.build()
+    assert report.version is None and store.current_version(assistant.settings.index_dir) == version
+
+
+def test_interrupted_build_leaves_previous_index(assistant: Assistant) -> None:
+    settings = assistant.settings
+    question = "What is the total area of the Hetao cooperation zone?"
+    expected = [(p.doc_id, p.start, p.score) for p in assistant.ask(question).passages]
+    version = store.current_version(settings.index_dir)
+    (settings.docs_dir / "new_article.txt").write_text(NEW_ARTICLE)
+    # Crash while the new version's files are being written.
+    with mock.patch("qa.store.make_faiss_index", side_effect=KeyboardInterrupt):
+        with pytest.raises(KeyboardInterrupt):
+            build(settings, assistant.embedder)
+    assert store.current_version(settings.index_dir) == version
+    again = Assistant(settings, assistant.embedder)
+    again.load()
+    assert [(p.doc_id, p.start, p.score) for p in again.ask(question).passages] == expected
+    # The next build cleans up and succeeds.
+    assert build(settings, assistant.embedder).embedded_documents == ["new_article"]
+    assert not list(settings.index_dir.glob(".tmp-*"))
+
+
+def test_crash_between_rename_and_pointer_keeps_old_version(assistant: Assistant) -> None:
+    settings = assistant.settings
+    version = store.current_version(settings.index_dir)
+    (settings.docs_dir / "new_article.txt").write_text(NEW_ARTICLE)
+    real_replace = os.replace
+
+    def fail_on_pointer(src: object, dst: object) -> None:
+        if str(dst).endswith(store.CURRENT):
+            raise OSError("power cut")
+        real_replace(src, dst)
+
+    with mock.patch("qa.store.os.replace", side_effect=fail_on_pointer):
+        with pytest.raises(OSError):
+            build(settings, assistant.embedder)
+    assert store.current_version(settings.index_dir) == version
+    store.load(settings.index_dir)
+
+
+def test_other_model_is_refused_with_how_to_rebuild(assistant: Assistant) -> None:
+    other = dataclasses.replace(assistant.settings, model="fake-128")
+    with pytest.raises(IndexIncompatible, match="qa index --full"):
+        Assistant(other).load()
+    # Indexing with the new model rebuilds from scratch.
+    report = Assistant(other).build()
+    assert report.full and len(report.embedded_documents) == 5
+
+
+def test_corrupted_file_is_detected(assistant: Assistant) -> None:
+    folder = assistant.settings.index_dir / store.current_version(assistant.settings.index_dir)
+    with (folder / "vectors.npy").open("r+b") as handle:
+        handle.seek(200)
+        handle.write(b"\xff\xff\xff\xff")
+    with pytest.raises(IndexCorrupt, match="checksum"):
+        Assistant(assistant.settings).load()
+    (folder / "dense.faiss").unlink()
+    with pytest.raises(IndexCorrupt, match="missing"):
+        Assistant(assistant.settings).load()
+
+
+def test_missing_index_says_how_to_build(settings) -> None:
+    with pytest.raises(IndexMissing, match="qa index"):
+        Assistant(settings).load()
+
+
+def test_add_indexes_only_the_new_article(assistant: Assistant) -> None:
+    before = assistant.embedder.texts_embedded
+    report = assistant.add([Upload("lighthouse.txt", NEW_ARTICLE.encode())])
+    assert report.embedded_documents == ["lighthouse"]
+    assert (assistant.settings.docs_dir / "lighthouse.txt").read_text() == NEW_ARTICLE
+    new_texts = assistant.embedder.texts_embedded - before
+    assert 0 < new_texts < 10
+    hit = assistant.ask("Who will live in the restored cottage beside the lighthouse?").passages[0]
+    assert hit.doc_id == "lighthouse"
+
+
+def folder_state(*folders: Path) -> dict[str, bytes]:
+    return {str(p): p.read_bytes() for folder in folders for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "message"),
+    [
+        ("../../etc/passwd", b"root:x:0:0", "only .txt and .md"),
+        ("notes.pdf", b"%PDF-1.4", "only .txt and .md"),
+        ("empty.txt", b"", "empty"),
+        ("binary.txt", b"\x00\x01\x02", "binary"),
+        ("latin.txt", b"caf\xe9", "not UTF-8"),
+        ("001_75d156586012b08a.txt", b"A different text with the same name.", "already exists"),
+        ("copy.txt", None, "same text"),
+        ("big.txt", b"x" * 2_000_000, "limit"),
+    ],
+)
+def test_bad_uploads_change_nothing(assistant: Assistant, name: str, data: bytes | None, message: str) -> None:
+    settings = assistant.settings
+    if data is None:
+        data = (settings.docs_dir / "001_75d156586012b08a.txt").read_bytes()
+    before = folder_state(settings.docs_dir, settings.index_dir)
+    with pytest.raises(DocumentError, match=message):
+        assistant.add([Upload(name, data)])
+    assert folder_state(settings.docs_dir, settings.index_dir) == before
+
+
+def test_traversal_names_are_flattened(assistant: Assistant) -> None:
+    assistant.add([Upload("a/../../b.txt", NEW_ARTICLE.encode())])
+    assert (assistant.settings.docs_dir / "b.txt").is_file()
+    assert not (assistant.settings.docs_dir.parent / "b.txt").exists()
+
+
+def test_failed_rebuild_rolls_back_the_add(assistant: Assistant) -> None:
+    settings = assistant.settings
+    before = folder_state(settings.docs_dir, settings.index_dir)
+    with mock.patch("qa.store.make_faiss_index", side_effect=RuntimeError("disk full")):
+        with pytest.raises(RuntimeError):
+            assistant.add([Upload("lighthouse.txt", NEW_ARTICLE.encode())])
+    assert folder_state(settings.docs_dir, settings.index_dir) == before
+
+
+def test_remove_and_unknown_id(assistant: Assistant) -> None:
+    report = assistant.remove("000_53675505a120e109")
+    assert report.removed_documents == ["000_53675505a120e109"]
+    assert all(p.doc_id != "000_53675505a120e109" for p in assistant.ask("CU Datahub insurance data", top_k=10).passages)
+    with pytest.raises(DocumentNotFound):
+        assistant.remove("nope")
+
+
+def test_bad_file_in_folder_is_skipped_not_fatal(assistant: Assistant) -> None:
+    (assistant.settings.docs_dir / "broken.txt").write_bytes(b"\xff\xfe\x00bad")
+    report = assistant.build()
+    assert "broken.txt" in report.skipped and report.documents == 5
+
+
+def test_empty_settings_folder_error(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path / "missing", tmp_path / "index")
+    with pytest.raises(DocumentError, match="does not exist"):
+        Assistant(settings).build()
+
+
+def test_copy_of_index_folder_still_loads(assistant: Assistant, tmp_path: Path) -> None:
+    """An index folder is self-contained: it can be moved or backed up."""
+    moved = tmp_path / "moved"
+    shutil.copytree(assistant.settings.index_dir, moved)
+    other = Assistant(dataclasses.replace(assistant.settings, index_dir=moved), assistant.embedder)
+    other.load()
+    assert other.stats()["passages"] == assistant.stats()["passages"]
