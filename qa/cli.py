@@ -48,6 +48,10 @@ def make_parser() -> argparse.ArgumentParser:
 
     stats = commands.add_parser("stats", help="show what the index holds")
     _common(stats)
+
+    # These two take their own flags; see `qa eval --help` and `qa bench --help`.
+    commands.add_parser("eval", help="measure retrieval and answer quality on the benchmarks", add_help=False)
+    commands.add_parser("bench", help="measure speed and memory", add_help=False)
     return parser
 
 
@@ -83,6 +87,15 @@ def _print_result(result: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["eval"]:
+        from .evaluation import main as evaluate
+
+        return evaluate(argv[1:])
+    if argv[:1] == ["bench"]:
+        from .benchmark import main as benchmark
+
+        return benchmark(argv[1:])
     args = make_parser().parse_args(argv)
     try:
         settings = _settings(args)

@@ -34,22 +34,28 @@ class Document:
 
 # --- furniture: lines that belong to the page, not to the article --------------------------
 
+# Whole lines that are page furniture whatever their length.
 _FURNITURE_LINE = re.compile(
     r"""^(?:
         advertisement|advertising|sponsored(?:\ content)?|promoted|
         learn\ more|read\ more|show\ more|see\ more|pdf\ view|print|share|share\ this(?:\ article)?|
-        (?:click|tap)\ here\b.*|
-        (?:get\ more\ with|sign\ up|subscribe|download\ (?:the|our)\ app|follow\ us)\b.*|
-        .*\b(?:newsletter|news\ feed|inbox)\b.*|
-        (?:also\ read|read\ also|read\ more|related(?:\ articles?|\ stories)?|see\ also|recommended|more\ on\ this)\s*[:|\-–—].*|
-        (?:photo|photograph|image|picture|file\ photo)s?\s*(?::|by\b|credit\b).*|
+        (?:also\ read|read\ also|read\ more|related(?:\ articles?|\ stories)?|see\ also|more\ on\ this)\s*[:|\-–—].*|
         (?:contact|email|e-mail|write\ to)\b.*@.*|
         [\w.+-]+@[\w-]+(?:\.[\w-]+)+
     )$""",
     re.IGNORECASE | re.VERBOSE,
 )
-# Newsletter prompts and app banners are short and have no sentence ending.
-_PROMPT_MAX_CHARS = 90
+# Short lines that are furniture: photo credits and prompts to subscribe, sign up or click.
+_SHORT_FURNITURE = re.compile(
+    r"""^(?:
+        (?:photo|photograph|image|picture|file\ photo)s?\s*(?::|by\b|credit\b).*|
+        (?:get\ more\ with|sign\ up|subscribe|download\ (?:the|our)\ app|follow\ us|(?:click|tap)\ here)\b.*
+    )$""",
+    re.IGNORECASE | re.VERBOSE,
+)
+# A short line with no sentence ending that talks about newsletters or feeds is a prompt too.
+_PROMPT_WORDS = re.compile(r"\b(?:newsletter|news feed|inbox)\b", re.IGNORECASE)
+_SHORT = 120
 _ONLY_SYMBOLS = re.compile(r"^[\W\d_]*$")
 _BULLET = re.compile(r"^[-*•·▪◦]\s+")
 # Credits inside a caption: "... zone. Photo: Martin Chan", "(PHOTO PROVIDED TO CHINA DAILY)".
@@ -63,13 +69,13 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
 def _is_furniture(line: str) -> bool:
-    if _ONLY_SYMBOLS.match(line):
+    if _ONLY_SYMBOLS.match(line) or _FURNITURE_LINE.match(line):
         return True
-    match = _FURNITURE_LINE.match(line)
-    if not match:
+    if len(line) > _SHORT:
         return False
-    # A long line ending like a sentence that merely mentions a newsletter is content.
-    return len(line) <= _PROMPT_MAX_CHARS or "@" in line or line.lower().startswith(("also read", "read more", "related", "see also", "photo"))
+    if _SHORT_FURNITURE.match(line):
+        return True
+    return bool(_PROMPT_WORDS.search(line)) and not line.endswith((".", "!", "?", "\"", "”"))
 
 
 def _strip_credits(line: str) -> str:
