@@ -58,7 +58,7 @@ def error_response(status: int, code: str, message: str, headers: dict[str, str]
 class AskRequest(BaseModel):
     question: str = Field(min_length=1, max_length=4000, description="What to ask about the articles.",
                           examples=["What is the total area of the Hetao cooperation zone?"])
-    top_k: int = Field(5, ge=1, le=50, description="How many passages to return.")
+    top_k: int = Field(5, ge=1, le=50, strict=True, description="How many passages to return.")
     mode: Literal["hybrid", "dense", "lexical"] | None = Field(None, description="Retrieval mode; hybrid by default.")
 
     model_config = {"extra": "forbid", "json_schema_extra": {"examples": [
@@ -147,7 +147,7 @@ class ErrorModel(BaseModel):
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorModel, "description": text}
-    for status, text in ((401, "Missing or wrong API token"), (404, "No such article"), (413, "Too large"),
+    for status, text in ((400, "Unparsable request"), (401, "Missing or wrong API token"), (404, "No such article"), (413, "Too large"),
                          (422, "Invalid input"), (503, "No usable index"))
 }
 
@@ -214,6 +214,34 @@ class Jobs:
 
 # --- the application --------------------------------------------------------------------------
 
+
+class StreamedBodyLimit:
+    """Count the bytes of a request body as they arrive, so a body with no Content-Length
+    (Transfer-Encoding: chunked) is stopped at the same limit as one that declares its size."""
+
+    def __init__(self, app: Any, limit_for: Any) -> None:
+        self.app = app
+        self.limit_for = limit_for
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.limit_for(scope["path"])
+        received = 0
+
+        async def counted() -> Any:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > limit:
+                # FastAPI re-raises HTTP exceptions met while reading a body, so the handlers answer 413.
+                raise StarletteHTTPException(413, f"request body over {limit:,} bytes")
+            return message
+
+        await self.app(scope, counted, send)
+
+
 def create_app(assistant: Assistant, web_dir: Path = WEB_DIR) -> Any:
     """An app serving one assistant; the caller decides when the index is built or loaded."""
     settings: Settings = assistant.settings
@@ -236,6 +264,11 @@ def create_app(assistant: Assistant, web_dir: Path = WEB_DIR) -> Any:
     templates = Jinja2Templates(directory=str(web_dir / "templates"))
     app.mount("/static", StaticFiles(directory=str(web_dir / "static")), name="static")
 
+    def body_limit(path: str) -> int:
+        return settings.max_upload_bytes * MAX_FILES + 64 * 1024 if path == "/documents" else MAX_JSON_BYTES
+
+    app.add_middleware(StreamedBodyLimit, limit_for=body_limit)
+
     @app.exception_handler(QAError)
     async def qa_error(request: Request, exc: QAError) -> JSONResponse:
         status = next((code for kind, code in _STATUS.items() if isinstance(exc, kind)), 400)
@@ -252,7 +285,8 @@ def create_app(assistant: Assistant, web_dir: Path = WEB_DIR) -> Any:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error_response(exc.status_code, "http_error", str(exc.detail), getattr(exc, "headers", None))
+        code = "too_large" if exc.status_code == 413 else "http_error"
+        return error_response(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -262,10 +296,11 @@ def create_app(assistant: Assistant, web_dir: Path = WEB_DIR) -> Any:
     @app.middleware("http")
     async def limits_and_headers(request: Request, call_next: Any) -> Any:
         length = request.headers.get("content-length")
-        limit = settings.max_upload_bytes * MAX_FILES + 64 * 1024 if request.url.path == "/documents" else MAX_JSON_BYTES
+        limit = body_limit(request.url.path)
         if length is not None and (not length.isdigit() or int(length) > limit):
-            return error_response(413, "too_large", f"request body over {limit:,} bytes")
-        response = await call_next(request)
+            response = error_response(413, "too_large", f"request body over {limit:,} bytes")
+        else:
+            response = await call_next(request)
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["Referrer-Policy"] = "no-referrer"
         response.headers["Content-Security-Policy"] = DOCS_CSP if request.url.path.startswith("/docs") else PAGE_CSP

@@ -22,6 +22,7 @@ from .retrieval import MODES, Hit, Lexicon, Mode, Retriever, tidy
 from .store import IndexData
 
 UPLOAD_SUFFIXES = (".txt", ".md")
+MAX_NAME_CHARS = 120
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -130,6 +131,8 @@ class Assistant:
         stem = _SAFE_NAME.sub("_", stem).strip("._-")
         if not stem:
             raise DocumentError(f"{upload.name!r} is not a usable file name")
+        if len(stem) > MAX_NAME_CHARS:
+            raise DocumentError(f"{upload.name[:40]!r}... is a file name over {MAX_NAME_CHARS} characters; shorten it")
         if len(upload.data) > self.settings.max_upload_bytes:
             raise DocumentError(f"{upload.name!r} is {len(upload.data):,} bytes; the limit is {self.settings.max_upload_bytes:,}")
         doc = documents.parse(upload.data, stem, suffix)
@@ -144,6 +147,13 @@ class Assistant:
         texts: dict[str, str] = {}
         if self._snapshot is not None:
             texts = {doc.text: doc.doc_id for doc in self._snapshot.data.documents.values()}
+        elif self.settings.docs_dir.is_dir():
+            # No index loaded (the CLI): compare with the articles in the folder instead.
+            for path in documents.article_files(self.settings.docs_dir):
+                try:
+                    texts.setdefault(documents.load(path).text, path.stem)
+                except DocumentError:
+                    pass
         names: set[str] = set()
         for name, doc in checked:
             if doc.doc_id in existing or doc.doc_id in names:
@@ -217,6 +227,8 @@ class Assistant:
         text = question.strip() if isinstance(question, str) else ""
         if not text:
             raise QuestionError("the question is empty; type a question about the articles")
+        if any("\ud800" <= ch <= "\udfff" for ch in text):
+            raise QuestionError("the question holds bytes that are not UTF-8 text; type it again")
         if len(text) > self.settings.max_question_chars:
             raise QuestionError(f"the question is {len(text)} characters long; the limit is {self.settings.max_question_chars}")
         if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= 50:

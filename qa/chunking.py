@@ -55,9 +55,10 @@ def sentence_spans(text: str, start: int = 0, end: int | None = None) -> list[Sp
         following = text[stop]
         if not (following.isupper() or following.isdigit() or following in "\"'“‘(["):
             continue
-        if text[match.start()] == "." and _ends_with_abbreviation(text[begin:match.start()]):
+        # Only the last word matters: look at a short window, not the whole sentence so far.
+        if text[match.start()] == "." and _ends_with_abbreviation(text[max(begin, match.start() - 64):match.start()]):
             continue
-        spans.append((begin, len(text[:stop].rstrip())))
+        spans.append((begin, match.start() + len(match.group().rstrip())))
         begin = stop
     tail = text[begin:end].rstrip()
     if tail.strip():

@@ -16,7 +16,7 @@ from .errors import DocumentError
 SUFFIXES = (".txt", ".md", ".html", ".htm")
 META_SUFFIX = ".meta.json"
 # Bumped whenever cleaning changes what text an article yields, so old indexes are rebuilt.
-CLEANING_VERSION = 1
+CLEANING_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ def clean_lines(raw: str) -> list[str]:
     text = _CONTROL.sub(" ", text.replace("\t", " "))
     lines = [" ".join(line.split()) for line in text.split("\n")]
     kept = [_strip_credits(line) for line in lines if line and not _is_furniture(line)]
-    kept = [line for line in kept if line and not _ONLY_SYMBOLS.match(line)]
+    kept = [line for line in kept if line and not _is_furniture(line)]
     # A trailing run of bullet lines is a list of other headlines, not the article.
     end = len(kept)
     while end > 0 and _BULLET.match(kept[end - 1]):

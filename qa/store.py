@@ -195,7 +195,10 @@ def current_version(index_dir: Path) -> str | None:
     pointer = index_dir / CURRENT
     if not pointer.is_file():
         return None
-    return pointer.read_text().strip() or None
+    try:
+        return pointer.read_text(encoding="utf-8").strip() or None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise IndexCorrupt(f"{pointer} is unreadable ({exc}); run `qa index --full` to rebuild the index") from None
 
 
 def read_manifest(index_dir: Path) -> dict[str, Any]:
