@@ -1,13 +1,99 @@
-"""Ranked passages -> the sentence that answers, or an explicit "nothing answers this"."""
+"""Ranked passages -> the sentence that answers, or an explicit "nothing answers this".
+
+Each sentence of the best passages is scored on what it means (its cosine to the question, from
+the sentence vectors computed at index time), on the rare question words it contains (IDF-weighted
+coverage), on whether it holds the kind of thing the question asks for (a number for "how many",
+a date for "when", a name for "who") and on its passage's rank. The best sentence is the answer
+if its score clears the threshold; otherwise the articles are taken not to answer the question.
+Weights and the threshold were tuned on training questions only (see bench/RESULTS.md).
+"""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
 
 from .retrieval import Hit, Retriever
 from .store import IndexData
+
+# Sentence score = DENSE * cosine + (1 - DENSE) * coverage + TYPE * type match - RANK * passage number.
+DENSE = 0.3
+TYPE = 0.15
+RANK = 0.1
+PASSAGES = 3
+# Confidence = the best sentence's score + EVIDENCE * the top passage's cosine to the question:
+# how well the best passage matches as a whole is the strongest single sign that it answers.
+EVIDENCE = 2.0
+
+# --- what kind of answer a question asks for -------------------------------------------------
+
+_NUMBER_WORDS = (r"one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|twenty|thirty|forty|fifty|"
+                 r"sixty|seventy|eighty|ninety|hundreds?|thousands?|millions?|billions?|trillions?|dozens?|half|"
+                 r"twice|double|triple|several")
+_MONTHS = (r"january|february|march|april|may|june|july|august|september|october|november|december|"
+           r"jan|feb|mar|apr|jun|jul|aug|sept?|oct|nov|dec")
+_HAS_NUMBER = re.compile(rf"\d|\b(?:{_NUMBER_WORDS})\b", re.IGNORECASE)
+_HAS_DATE = re.compile(
+    rf"\b1\d{{3}}s?\b|\b20\d{{2}}s?\b|\b(?:{_MONTHS})\b|\b(?:mon|tues|wednes|thurs|fri|satur|sun)day\b|"
+    r"\b(?:today|yesterday|tomorrow|tonight)\b|\bcentur(?:y|ies)\b|\b\d{1,2}(?:st|nd|rd|th)\b|\bdecades?\b|"
+    r"\b(?:BC|AD|BCE|CE)\b|\b(?:last|next|this) (?:week|month|year)\b",
+    re.IGNORECASE,
+)
+_CAPITALISED = re.compile(r"\b[A-Z][\w'’.-]*")
+_ASKS_NUMBER = re.compile(
+    r"\bhow (?:many|much|large|big|long|old|far|tall|high|heavy|often|fast|wide|deep)\b|"
+    r"\bwhat (?:percentage|percent|proportion|share|number|amount|size|fraction)\b",
+    re.IGNORECASE,
+)
+_ASKS_DATE = re.compile(
+    r"\bwhen\b|\b(?:what|which) (?:year|years|date|day|month|century|decade|time|season)\b|\bsince when\b",
+    re.IGNORECASE,
+)
+_ASKS_NAME = re.compile(r"\bwho\b|\bwhom\b|\bwhose\b|\bwhere\b", re.IGNORECASE)
+# Words that say what form the answer takes rather than what it is about: "how MANY", "what YEAR",
+# "the NAME of". An answering sentence need not repeat them, so they do not count in coverage.
+_FORM_WORDS = re.compile(
+    r"\bhow (\w+)|\b(?:what|which) (year|years|date|day|month|time|kind|type|sort|name|number|percentage|amount)\b|"
+    r"\b(name|named|called|kind|type|full)\b",
+    re.IGNORECASE,
+)
+
+
+def answer_kind(question: str) -> str | None:
+    """'number', 'date', 'name' or None (anything else) for the answer a question asks for."""
+    if _ASKS_NUMBER.search(question):
+        return "number"
+    if _ASKS_DATE.search(question):
+        return "date"
+    if _ASKS_NAME.search(question):
+        return "name"
+    return None
+
+
+def holds_kind(kind: str | None, sentence: str, question: str) -> bool | None:
+    """Whether a sentence holds the kind of answer asked for (None when the question sets none)."""
+    if kind == "number":
+        return bool(_HAS_NUMBER.search(sentence))
+    if kind == "date":
+        return bool(_HAS_DATE.search(sentence))
+    if kind == "name":
+        asked = {w.lower().strip(".'’") for w in re.findall(r"[\w'’.-]+", question)}
+        return any(m.group(0).lower().strip(".'’") not in asked
+                   for m in _CAPITALISED.finditer(sentence) if m.start() > 0)
+    return None
+
+
+def form_words(question: str) -> set[str]:
+    """The question's words that name the answer's form, lower-case, unstemmed."""
+    found: set[str] = set()
+    for match in _FORM_WORDS.finditer(question):
+        found.update(g.lower() for g in match.groups() if g)
+    return found
+
+
+# --- scoring -----------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -18,7 +104,7 @@ class Answer:
     passage: int
     start: int
     end: int
-    score: float
+    score: float  # compared with the threshold
 
 
 @dataclass(frozen=True)
@@ -28,13 +114,22 @@ class SentenceScore:
     dense: float
     coverage: float  # IDF-weighted share of the question's terms the sentence contains
     score: float
+    kind_match: bool | None = None  # holds the kind of answer asked for; None if no kind is asked
 
 
 def score_sentences(query: np.ndarray, terms: list[str], hits: list[Hit], data: IndexData, retriever: Retriever,
-                    passages: int = 3, dense_weight: float = 0.6) -> list[SentenceScore]:
-    """Score each sentence of the top passages by meaning (dense) and by shared rare words."""
-    weights = {t: retriever.idf.get(t, retriever.default_idf) for t in set(terms)}
+                    passages: int = PASSAGES, dense_weight: float = DENSE, question: str = "",
+                    type_weight: float = TYPE, rank_weight: float = RANK) -> list[SentenceScore]:
+    """Score each sentence of the top passages by meaning, shared rare words, answer kind and rank.
+
+    `question` defaults to the text `terms` came from (Lexicon.terms keeps it).
+    """
+    question = question or getattr(terms, "text", "")
+    form = set(retriever.lexicon.terms(" ".join(form_words(question)))) if question else set()
+    content = set(terms) - form or set(terms)
+    weights = {t: retriever.idf.get(t, retriever.default_idf) for t in content}
     total = sum(weights.values())
+    kind = answer_kind(question) if question else None
     scored = []
     seen: set[int] = set()
     for number, hit in enumerate(hits[:passages]):
@@ -46,20 +141,30 @@ def score_sentences(query: np.ndarray, terms: list[str], hits: list[Hit], data: 
         dense = data.sentence_vectors[rows] @ query
         for row, cosine in zip(rows, dense):
             doc_id, start, end = data.sentences[row]
-            present = set(retriever.lexicon.terms(data.documents[doc_id].text[start:end]))
+            doc = data.documents[doc_id]
+            text = doc.text[start:end]
+            present = retriever.sentence_terms[row]
+            # A headline, or a sentence made only of the question's own words, answers nothing.
+            if text == doc.title or not present - set(terms):
+                continue
             coverage = sum(w for t, w in weights.items() if t in present) / total if total else 0.0
-            score = dense_weight * float(cosine) + (1 - dense_weight) * coverage
-            scored.append(SentenceScore(number, row, float(cosine), coverage, score))
+            match = holds_kind(kind, text, question)
+            score = (dense_weight * float(cosine) + (1 - dense_weight) * coverage
+                     + (type_weight if match else 0.0) - rank_weight * number)
+            scored.append(SentenceScore(number, row, float(cosine), coverage, score, match))
     scored.sort(key=lambda s: (-s.score, s.passage, s.row))
     return scored
 
 
 def choose(query: np.ndarray, terms: list[str], hits: list[Hit], data: IndexData, retriever: Retriever,
-           threshold: float) -> Answer | None:
+           threshold: float, question: str = "", evidence: float = EVIDENCE) -> Answer | None:
     """The best sentence if it clears the threshold; None means the articles do not answer."""
-    scored = score_sentences(query, terms, hits, data, retriever)
-    if not scored or scored[0].score < threshold:
+    scored = score_sentences(query, terms, hits, data, retriever, question=question or getattr(terms, "text", ""))
+    if not scored:
         return None
     best = scored[0]
+    confidence = best.score + evidence * float(data.vectors[hits[0].row] @ query)
+    if confidence < threshold:
+        return None
     doc_id, start, end = data.sentences[best.row]
-    return Answer(data.documents[doc_id].text[start:end], best.passage, start, end, best.score)
+    return Answer(data.documents[doc_id].text[start:end], best.passage, start, end, confidence)

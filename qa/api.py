@@ -76,7 +76,10 @@ class AnswerModel(BaseModel):
 class Scores(BaseModel):
     dense: float | None = Field(description="Cosine similarity of passage and question.")
     lexical: float | None = Field(description="BM25 score.")
-    fused: float | None = Field(description="Reciprocal-rank fusion score (hybrid mode).")
+    fused: float | None = Field(description="Fused score the hybrid ranking orders by.")
+    sentence: float | None = Field(None, description="Best cosine of one of the passage's sentences (hybrid).")
+    article: float | None = Field(None, description="BM25 score of the passage's whole article (hybrid).")
+    coverage: float | None = Field(None, description="Best sentence's IDF-weighted share of the question's words (hybrid).")
 
 
 class PassageModel(BaseModel):

@@ -44,6 +44,9 @@ class Passage:
     dense: float | None
     lexical: float | None
     fused: float | None
+    sentence: float | None
+    article: float | None
+    coverage: float | None
 
 
 @dataclass(frozen=True)
@@ -78,7 +81,7 @@ class Assistant:
 
     def __init__(self, settings: Settings, embedder: Embedder | None = None) -> None:
         self.settings = settings
-        self.embedder = embedder or create(settings.model, settings.batch_size)
+        self.embedder = embedder or create(settings.model, settings.batch_size, settings.backend, settings.cache_dir)
         self._snapshot: Snapshot | None = None
         self._lexicon: Lexicon | None = None
         self._build_lock = threading.Lock()
@@ -94,7 +97,7 @@ class Assistant:
     def load(self) -> None:
         """Load the live index version, refusing one built by another model or format."""
         data = store.load(self.settings.index_dir)
-        expected = store.compatibility(self.settings.model, None, indexing.chunking_settings(self.settings))
+        expected = store.compatibility(indexing.model_tag(self.settings), None, indexing.chunking_settings(self.settings))
         store.check_compatible(data.manifest, expected)
         if self._lexicon is None:
             self._lexicon = Lexicon()
@@ -265,7 +268,8 @@ class Assistant:
                                          rrf_k=settings.rrf_k, dense_weight=settings.dense_weight)
         hits = tidy(hits, top_k, settings.max_per_doc)
         terms = snapshot.retriever.lexicon.terms(question)
-        found = answering.choose(query, terms, hits, snapshot.data, snapshot.retriever, settings.answer_threshold)
+        found = answering.choose(query, terms, hits, snapshot.data, snapshot.retriever,
+                                 settings.answer_threshold, question=question)
         passages = [self._passage(snapshot, rank, hit) for rank, hit in enumerate(hits, start=1)]
         return Result(question, found, passages, (time.perf_counter() - started) * 1000, snapshot.version, mode)
 
@@ -273,7 +277,8 @@ class Assistant:
     def _passage(snapshot: Snapshot, rank: int, hit: Hit) -> Passage:
         doc = snapshot.data.documents[hit.chunk.doc_id]
         return Passage(rank, hit.chunk.text, hit.score, doc.doc_id, doc.title, doc.source, doc.published, doc.url,
-                       hit.chunk.position, hit.chunk.start, hit.chunk.end, hit.dense, hit.lexical, hit.fused)
+                       hit.chunk.position, hit.chunk.start, hit.chunk.end, hit.dense, hit.lexical, hit.fused,
+                       hit.sentence, hit.article, hit.coverage)
 
     # --- listing -------------------------------------------------------------------------
 

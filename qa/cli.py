@@ -16,6 +16,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--docs", dest="docs_dir", metavar="DIR", help="articles folder (QA_DOCS_DIR, default seeds/)")
     parser.add_argument("--index", dest="index_dir", metavar="DIR", help="index folder (QA_INDEX_DIR, default index/)")
     parser.add_argument("--model", metavar="NAME_OR_PATH", help="sentence-transformers model (QA_MODEL, default the packaged all-MiniLM-L6-v2)")
+    parser.add_argument("--backend", choices=("onnx", "onnx-fp32", "torch"), help="how the model runs (QA_BACKEND, default onnx)")
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -56,7 +57,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    flags = {key: getattr(args, key, None) for key in ("docs_dir", "index_dir", "model", "top_k", "host", "port")}
+    flags = {key: getattr(args, key, None) for key in ("docs_dir", "index_dir", "model", "backend", "top_k", "host", "port")}
     return resolve(flags)
 
 

@@ -19,6 +19,9 @@ class Settings:
     docs_dir: Path = Path("seeds")
     index_dir: Path = Path("index")
     model: str = PACKAGED_MODEL
+    # How the model runs: "onnx" (int8, exported once into cache_dir), "onnx-fp32" or "torch".
+    backend: str = "onnx"
+    cache_dir: Path | None = None  # default: $XDG_CACHE_HOME/qa or ~/.cache/qa
     top_k: int = 5
     # Chunking: sentences are packed up to chunk_chars; a paragraph break ends a chunk once it
     # holds at least chunk_min_chars; a chunk cut inside a paragraph repeats overlap sentences.
@@ -26,12 +29,14 @@ class Settings:
     chunk_min_chars: int = 250
     overlap: int = 1
     hybrid: bool = True
-    # Reciprocal rank fusion constant and the dense weight (lexical gets 1 - dense_weight).
+    # Hybrid fusion: the dense share of the weight (lexical gets 1 - dense_weight), and the
+    # reciprocal rank fusion constant for the fusion="rrf" variant (the default is z-score fusion).
     rrf_k: int = 60
     dense_weight: float = 0.5
     max_per_doc: int = 3
-    # Answer sentences scoring below this are not offered; the page says nothing answers.
-    answer_threshold: float = 0.45
+    # Answers whose confidence (best sentence score + 2 x the top passage's cosine, see qa/answer.py)
+    # is below this are not offered; the page says nothing answers. Calibrated on training questions.
+    answer_threshold: float = 1.46
     batch_size: int = 32
     max_question_chars: int = 1000
     max_upload_bytes: int = 1_000_000
@@ -52,6 +57,8 @@ def _convert(name: str, raw: Any, kind: Any) -> Any:
     kind_name = kind if isinstance(kind, str) else getattr(kind, "__name__", str(kind))
     try:
         if "Path" in kind_name:
+            if raw == "":
+                return None
             return Path(raw)
         if kind_name.startswith("bool"):
             if isinstance(raw, bool):
@@ -99,6 +106,8 @@ def validate(settings: Settings) -> None:
         raise ConfigError("overlap must not be negative")
     if not 0.0 <= settings.dense_weight <= 1.0:
         raise ConfigError("dense_weight must be between 0 and 1")
+    if settings.backend not in ("onnx", "onnx-fp32", "torch"):
+        raise ConfigError(f"backend must be onnx, onnx-fp32 or torch, got {settings.backend!r}")
     if settings.max_per_doc < 1:
         raise ConfigError("max_per_doc must be at least 1")
     if not 1 <= settings.port <= 65535:

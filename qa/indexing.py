@@ -49,6 +49,13 @@ def chunking_settings(settings: Settings) -> dict[str, int]:
     return {"chunk_chars": settings.chunk_chars, "chunk_min_chars": settings.chunk_min_chars, "overlap": settings.overlap}
 
 
+def model_tag(settings: Settings) -> str:
+    """The model as the manifest records it: vectors from different backends are not mixed."""
+    if settings.model.startswith("fake-") or settings.backend == "torch":
+        return settings.model
+    return f"{settings.model} ({settings.backend})"
+
+
 def split_document(doc: Document, settings: Settings) -> tuple[list[Chunk], list[tuple[int, int]], list[tuple[int, int]]]:
     """An article's passages, its sentence spans, and each passage's [first, last) sentence rows."""
     units = sentence_units(doc.text, settings.chunk_chars)
@@ -127,7 +134,7 @@ def build(settings: Settings, embedder: Embedder, *, full: bool = False, progres
     with store.build_lock(index_dir):
         store.clean_staging(index_dir)
         files = documents.article_files(settings.docs_dir)
-        expected = store.compatibility(settings.model, None, chunking_settings(settings))
+        expected = store.compatibility(model_tag(settings), None, chunking_settings(settings))
         previous: dict[str, _Part] = {}
         if not full:
             try:
@@ -161,6 +168,6 @@ def build(settings: Settings, embedder: Embedder, *, full: bool = False, progres
             log(f"embedding {len(changed)} article(s)")
         new_parts = embed_documents(changed, settings, embedder, progress)
         data = assemble(kept + new_parts, embedder.dimension)
-        version = store.write(index_dir, data, {"model": settings.model, "chunking": chunking_settings(settings)})
+        version = store.write(index_dir, data, {"model": model_tag(settings), "chunking": chunking_settings(settings)})
         return BuildReport(version, len(data.documents), len(data.chunks), [d.doc_id for d in changed], removed,
                            skipped, time.perf_counter() - started, full)

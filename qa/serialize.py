@@ -13,7 +13,8 @@ def passage_json(p: Passage) -> dict[str, Any]:
         "rank": p.rank, "text": p.text, "score": p.score, "doc_id": p.doc_id, "title": p.title,
         "source": p.source, "published": p.published, "url": p.url, "position": p.position,
         "start": p.start, "end": p.end,
-        "scores": {"dense": p.dense, "lexical": p.lexical, "fused": p.fused},
+        "scores": {"dense": p.dense, "lexical": p.lexical, "fused": p.fused, "sentence": p.sentence,
+                   "article": p.article, "coverage": p.coverage},
     }
 
 

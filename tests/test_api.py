@@ -54,7 +54,7 @@ def test_ask_post_shape_and_offsets(client: TestClient) -> None:
     assert [p["rank"] for p in body["passages"]] == list(range(1, len(body["passages"]) + 1))
     for passage in body["passages"]:
         assert PASSAGE_FIELDS <= set(passage)
-        assert set(passage["scores"]) == {"dense", "lexical", "fused"}
+        assert set(passage["scores"]) == {"dense", "lexical", "fused", "sentence", "article", "coverage"}
         text = client.get(f"/documents/{passage['doc_id']}").json()["text"]
         assert text[passage["start"]:passage["end"]] == passage["text"]
     answer = body["answer"]

@@ -1,0 +1,138 @@
+"""Embedders: backend selection, and the ONNX export (cached once, torch's vectors, no torch at run time)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from qa import embedding
+from qa.config import PACKAGED_MODEL
+from qa.embedding import FakeEmbedder, OnnxEmbedder, SentenceTransformerEmbedder, create, export_folder
+from qa.errors import ConfigError
+
+REPO = Path(__file__).resolve().parent.parent
+TEXTS = [
+    "What is the total area of the Hetao cooperation zone?",
+    "The Shenzhen park covers 3.02 square kilometres and has drawn more than 3,000 researchers.",
+    "Qin Weizhong is the mayor of Shenzhen.",
+    "ok",
+    "A longer passage about the Loop, a cross-border park where Hong Kong and Shenzhen meet. " * 8,
+]
+
+
+def test_create_picks_the_backend(tmp_path: Path) -> None:
+    assert isinstance(create("fake-8"), FakeEmbedder)
+    assert isinstance(create(PACKAGED_MODEL, backend="torch"), SentenceTransformerEmbedder)
+    onnx = create(PACKAGED_MODEL, 16, backend="onnx", cache_dir=tmp_path)
+    assert isinstance(onnx, OnnxEmbedder) and onnx.quantize and onnx.batch_size == 16 and onnx.cache_dir == tmp_path
+    assert not create(PACKAGED_MODEL, backend="onnx-fp32").quantize  # type: ignore[attr-defined]
+    with pytest.raises(ConfigError, match="backend must be one of"):
+        create(PACKAGED_MODEL, backend="tensorflow")
+
+
+def test_export_folder_is_stable_and_keyed_by_precision(tmp_path: Path) -> None:
+    int8 = export_folder(PACKAGED_MODEL, True, tmp_path)
+    assert int8 == export_folder(PACKAGED_MODEL, True, tmp_path)
+    assert int8.parent == tmp_path / "onnx" and "int8" in int8.name
+    assert export_folder(PACKAGED_MODEL, False, tmp_path) != int8
+
+
+def test_default_cache_dir_follows_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert embedding.default_cache_dir() == tmp_path / "qa"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert embedding.default_cache_dir() == Path.home() / ".cache" / "qa"
+
+
+def test_onnx_backend_refuses_a_model_it_cannot_find(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="local sentence-transformers model folder"):
+        OnnxEmbedder(str(tmp_path / "nowhere"), cache_dir=tmp_path).embed(["x"])
+
+
+# --- the real model -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("onnx-cache")
+
+
+@pytest.fixture(scope="module")
+def reference() -> np.ndarray:
+    return SentenceTransformerEmbedder().embed(TEXTS)
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("quantize", [False, True], ids=["fp32", "int8"])
+def test_onnx_matches_torch(cache: Path, reference: np.ndarray, quantize: bool) -> None:
+    vectors = OnnxEmbedder(quantize=quantize, cache_dir=cache).embed(TEXTS)
+    assert vectors.shape == reference.shape and vectors.dtype == np.float32
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    cosine = (vectors * reference).sum(axis=1)
+    if quantize:
+        assert cosine.min() > 0.98 and cosine.mean() > 0.99, cosine
+    else:
+        assert np.abs(vectors - reference).max() < 1e-4
+
+
+@pytest.mark.model
+def test_export_happens_once_and_is_reused(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = OnnxEmbedder(cache_dir=cache)
+    vectors = first.embed(TEXTS[:2])
+    folder = export_folder(PACKAGED_MODEL, True, cache)
+    stamp = (folder / "model.onnx").stat().st_mtime_ns
+    info = json.loads((folder / "embedder.json").read_text())
+    assert info["int8"] is True and info["dimension"] == 384
+
+    def no_export(*args: object) -> None:
+        raise AssertionError("exported again although the cache holds the model")
+
+    monkeypatch.setattr(embedding, "_export", no_export)
+    again = OnnxEmbedder(cache_dir=cache)
+    assert np.array_equal(again.embed(TEXTS[:2]), vectors)
+    assert (folder / "model.onnx").stat().st_mtime_ns == stamp
+    assert [p.name for p in folder.parent.iterdir() if p.name.startswith(".export-")] == []
+
+
+@pytest.mark.model
+def test_fresh_process_never_imports_torch(cache: Path) -> None:
+    OnnxEmbedder(cache_dir=cache).embed(["make sure the export exists"])
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from qa.embedding import create\n"
+        f"e = create('{PACKAGED_MODEL}', backend='onnx', cache_dir=Path(sys.argv[1]))\n"
+        "v = e.embed(['What is the total area of the Hetao cooperation zone?'])\n"
+        "assert v.shape == (1, 384), v.shape\n"
+        "heavy = sorted(m for m in ('torch', 'sentence_transformers', 'transformers') if m in sys.modules)\n"
+        "print(','.join(heavy) or 'none')\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-c", script, str(cache)], capture_output=True, text=True, env=env,
+                         cwd=REPO, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "none"
+
+
+@pytest.mark.model
+def test_span_vectors_come_from_the_same_pass(cache: Path) -> None:
+    model = OnnxEmbedder(quantize=False, cache_dir=cache)
+    text = "The zone covers 3.89 square kilometres. Qin Weizhong is the mayor of Shenzhen."
+    long = "word " * 400 + "A sentence past the length limit."
+    spans = [[(0, 39), (40, len(text))], [(len(long) - 33, len(long))]]
+    vectors, span_vectors = model.embed_spans([text, long], spans)
+    assert np.allclose(vectors, model.embed([text, long]), atol=1e-5)
+    assert [v.shape for v in span_vectors] == [(2, 384), (1, 384)]
+    assert np.allclose(np.linalg.norm(span_vectors[0], axis=1), 1.0, atol=1e-5)
+    # In context a sentence stays close to the sentence embedded alone, and closer than to the other one.
+    alone = model.embed([text[0:39], text[40:]])
+    similarity = span_vectors[0] @ alone.T
+    assert similarity[0, 0] > similarity[0, 1] and similarity[1, 1] > similarity[1, 0]
+    # A span the tokenizer cut off is embedded on its own.
+    assert np.allclose(span_vectors[1][0], model.embed([long[-33:]])[0], atol=1e-5)
