@@ -754,6 +754,7 @@ def _run(args: argparse.Namespace, log: Log) -> int:
     log(f"{r['cores']} cores, load average {r['load_start']}; backend {backend}")
 
     corpus = load_corpus(data_dir, cache_dir, 150 if args.quick else None)
+    base = replace(base, backend=backend) if hasattr(base, "backend") else base
     settings = replace(base, docs_dir=corpus.docs_dir, index_dir=corpus.index_dir)
     embedder = make_embedder(settings, backend)
     pool = Pool(corpus.timing)
