@@ -40,6 +40,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from . import evaluation
 from .config import Settings, resolve
 
 REPO = Path(__file__).resolve().parent.parent
@@ -73,9 +74,7 @@ class Corpus:
     timing: list[str]  # distinct question texts for timing (every query of both sets)
 
 
-def _jsonl(path: Path) -> list[dict[str, Any]]:
-    with path.open(encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+_jsonl = evaluation._jsonl
 
 
 def _qrels(path: Path, prefix: str) -> dict[str, set[str]]:
@@ -689,15 +688,8 @@ def render(r: dict[str, Any]) -> str:
 
 
 def replace_section(document: str, section: str) -> str:
-    """Swap the '## Performance' section (up to the next level-2 heading) for a new one."""
-    lines = document.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.rstrip() == SECTION), None)
-    if start is None:
-        prefix = document.rstrip("\n")
-        return (prefix + "\n\n" if prefix else "") + section
-    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-    tail = "".join(lines[end:])
-    return "".join(lines[:start]) + section + ("\n" + tail if tail else "")
+    """Swap the '## Performance' section of the results file for a new one."""
+    return evaluation.replace_section(document, section, SECTION)
 
 
 # --- command ---------------------------------------------------------------------------------------------------

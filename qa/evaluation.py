@@ -469,10 +469,10 @@ def backend_tag(embedder: Any) -> str:
     return re.sub(r"[^A-Za-z0-9.-]+", "-", str(getattr(embedder, "name", kind))).strip("-") or kind
 
 
-def replace_section(document: str, section: str) -> str:
-    """Swap the '## Retrieval quality' section (up to the next level-2 heading) for a new one."""
+def replace_section(document: str, section: str, heading: str = SECTION) -> str:
+    """Swap one level-2 section of a results file (up to the next level-2 heading) for a new one."""
     lines = document.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.rstrip() == SECTION), None)
+    start = next((i for i, line in enumerate(lines) if line.rstrip() == heading), None)
     if start is None:
         prefix = document.rstrip("\n")
         return (prefix + "\n\n" if prefix else "") + section

@@ -270,17 +270,6 @@ def load(index_dir: Path, verify: bool = True) -> IndexData:
                      manifest, manifest["version"], faiss_index)
 
 
-def wait_for_version_change(index_dir: Path, previous: str | None, timeout: float) -> str | None:
-    """Poll CURRENT until it names another version (used by tests and the server's reload)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        name = current_version(index_dir)
-        if name != previous:
-            return name
-        time.sleep(0.05)
-    return current_version(index_dir)
-
-
 def _package_version() -> str:
     try:
         from importlib.metadata import version
