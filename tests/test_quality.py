@@ -136,6 +136,11 @@ def test_tidy_caps_per_article_and_drops_overlaps(fake: Assistant) -> None:
     ("In what year did the council vote?", "date"),
     ("Who captains the ferry?", "name"),
     ("Why did students ask for longer hours?", None),
+    ("What is the population of the city?", "number"),
+    ("What was the library's annual budget?", "number"),
+    ("What was the interest rate on the loan?", "number"),
+    ("What is the capital of the region?", None),
+    ("What is the name of the ferry?", None),
 ])
 def test_answer_kind(question: str, kind: str | None) -> None:
     assert answering.answer_kind(question) == kind
@@ -166,6 +171,20 @@ def test_answer_is_the_sentence_with_the_asked_kind(fake: Assistant) -> None:
     assert snapshot.data.documents[passage.chunk.doc_id].text[found.start:found.end] == found.text
     # The same evidence under an unreachable threshold: no answer rather than a weak one.
     assert answering.choose(query, terms, hits, snapshot.data, snapshot.retriever, threshold=99.0) is None
+
+
+def test_a_sentence_without_the_asked_kind_lowers_confidence(fake: Assistant) -> None:
+    snapshot = fake.snapshot()
+    question = "How many passengers waited for the harbour ferry?"
+    query = fake.embedder.embed([question])[0]
+    terms = snapshot.retriever.lexicon.terms(question)
+    hits = tidy(snapshot.retriever.search(query, question), 5, 3)
+    best = answering.score_sentences(query, terms, hits, snapshot.data, snapshot.retriever)[0]
+    assert best.kind_match is False  # "passengers had waited patiently": no number
+    lenient = answering.choose(query, terms, hits, snapshot.data, snapshot.retriever, -np.inf, mismatch=0.0)
+    strict = answering.choose(query, terms, hits, snapshot.data, snapshot.retriever, -np.inf, mismatch=0.5)
+    assert lenient is not None and strict is not None
+    assert strict.score == pytest.approx(lenient.score - 0.5)
 
 
 def test_headline_is_never_the_answer(fake: Assistant) -> None:
