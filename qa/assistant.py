@@ -16,7 +16,7 @@ from . import documents, indexing, store
 from .config import Settings
 from .documents import Document
 from .embedding import Embedder, create
-from .errors import DocumentError, DocumentNotFound, IndexMissing, QuestionError
+from .errors import DocumentError, DocumentNotFound, IndexIncompatible, IndexMissing, QuestionError
 from .indexing import BuildReport
 from .retrieval import MODES, Hit, Lexicon, Mode, Retriever, tidy
 from .store import IndexData
@@ -105,14 +105,20 @@ class Assistant:
         self._snapshot = Snapshot(data, self._lexicon)
 
     def ensure_index(self, *, progress: bool = False, log: Callable[[str], None] = lambda m: None) -> BuildReport | None:
-        """Load the index, building it from the articles folder first if there is none."""
+        """Load the index, building it from the articles folder first if there is none.
+
+        An index made by another model or an older format is rebuilt from the articles; the old
+        version stays on disk, and live, until the new one is complete.
+        """
         try:
             self.load()
             return None
         except IndexMissing:
             log(f"no index in {self.settings.index_dir}; building it from {self.settings.docs_dir}")
-            report = self.build(progress=progress, log=log)
-            return report
+        except IndexIncompatible as exc:
+            log(f"the index in {self.settings.index_dir} cannot be used as it is ({exc}); rebuilding it from "
+                f"{self.settings.docs_dir}")
+        return self.build(progress=progress, log=log)
 
     def build(self, *, full: bool = False, progress: bool = False, log: Callable[[str], None] = lambda m: None) -> BuildReport:
         """Update the index from the articles folder and swap it in."""

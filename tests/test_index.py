@@ -128,6 +128,18 @@ def test_other_model_is_refused_with_how_to_rebuild(assistant: Assistant) -> Non
     assert report.full and len(report.embedded_documents) == 5
 
 
+def test_serving_over_another_models_index_rebuilds_it(assistant: Assistant) -> None:
+    old_version = store.current_version(assistant.settings.index_dir)
+    other = Assistant(dataclasses.replace(assistant.settings, model="fake-128"))
+    messages: list[str] = []
+    report = other.ensure_index(log=messages.append)
+    assert report is not None and report.full and len(report.embedded_documents) == 5
+    assert any("rebuilding" in m for m in messages)
+    assert store.current_version(assistant.settings.index_dir) != old_version
+    assert other.ask("Hetao zone").passages
+    assert other.ensure_index() is None  # now it loads as it is
+
+
 def test_corrupted_file_is_detected(assistant: Assistant) -> None:
     folder = assistant.settings.index_dir / store.current_version(assistant.settings.index_dir)
     with (folder / "vectors.npy").open("r+b") as handle:
