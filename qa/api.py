@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hmac
 import logging
+import os
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -382,6 +383,23 @@ def create_app(assistant: Assistant, web_dir: Path = WEB_DIR) -> Any:
     return app
 
 
+def limit_threads() -> None:
+    """One thread per question in FAISS (OpenMP) and BLAS: the server already answers questions in parallel,
+    and on a few cores more threads only spend CPU time waiting for each other."""
+    # OpenMP keeps its thread count per thread, and threads started later (the request pool's) take the
+    # process default, which OMP_NUM_THREADS sets when the OpenMP library loads: call this before faiss is
+    # imported (qa imports it lazily). omp_set_num_threads covers this thread if it was imported already.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    # Its loader logs, at INFO, every SIMD build it looks for and does not find before the one it loads.
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    import faiss
+
+    from threadpoolctl import threadpool_limits
+
+    faiss.omp_set_num_threads(1)
+    threadpool_limits(1, user_api="blas")  # BLAS pools are process-wide, so this covers every thread
+
+
 def serve(settings: Settings) -> None:
     """`qa serve`: build the index if there is none, then answer on host:port."""
     import sys
@@ -389,6 +407,7 @@ def serve(settings: Settings) -> None:
     import uvicorn
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    limit_threads()
     assistant = Assistant(settings)
     report = assistant.ensure_index(progress=sys.stderr.isatty(), log=log.info)
     if report is not None:

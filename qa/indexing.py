@@ -1,4 +1,4 @@
-"""Articles folder -> index version: re-embed only new or changed articles, reuse the rest."""
+"""Articles folder -> index version: re-embed and re-tokenise only new or changed articles, reuse the rest."""
 
 from __future__ import annotations
 
@@ -8,12 +8,13 @@ from typing import Callable
 
 import numpy as np
 
-from . import documents, store
+from . import documents, lexical, store
 from .chunking import Chunk, chunk_text, sentence_units
 from .config import Settings
 from .documents import Document
 from .embedding import Embedder
 from .errors import DocumentError, IndexCorrupt, IndexIncompatible, IndexMissing
+from .lexical import IndexTerms, Lexicon
 from .store import IndexData
 
 Log = Callable[[str], None]
@@ -43,6 +44,7 @@ class _Part:
     sentences: list[tuple[int, int]]
     sentence_vectors: np.ndarray
     chunk_sentences: list[tuple[int, int]]  # relative to this article's sentences
+    terms: IndexTerms | None  # None until tokenised (an index stored without terms)
 
 
 def chunking_settings(settings: Settings) -> dict[str, int]:
@@ -74,10 +76,15 @@ def _parts_of(data: IndexData) -> dict[str, _Part]:
     chunk_rows: dict[str, list[int]] = {}
     for row, chunk in enumerate(data.chunks):
         chunk_rows.setdefault(chunk.doc_id, []).append(row)
-    for doc_id, doc in data.documents.items():
+    for number, (doc_id, doc) in enumerate(data.documents.items()):
         rows = chunk_rows.get(doc_id, [])
         srows = sentence_rows.get(doc_id, [])
         base = srows[0] if srows else 0
+        terms = None
+        if data.terms is not None:
+            # An article's passages and sentences are consecutive rows (see assemble).
+            first = rows[0] if rows else 0
+            terms = data.terms.article(number, (first, first + len(rows)), (base, base + len(srows)))
         parts[doc_id] = _Part(
             doc=doc,
             chunks=[data.chunks[r] for r in rows],
@@ -85,13 +92,17 @@ def _parts_of(data: IndexData) -> dict[str, _Part]:
             sentences=[(data.sentences[r][1], data.sentences[r][2]) for r in srows],
             sentence_vectors=data.sentence_vectors[srows],
             chunk_sentences=[(data.chunk_sentences[r][0] - base, data.chunk_sentences[r][1] - base) for r in rows],
+            terms=terms,
         )
     return parts
 
 
 def assemble(parts: list[_Part], dimension: int) -> IndexData:
-    """Concatenate per-article parts, in id order, into one index's arrays."""
+    """Concatenate per-article parts, in id order, into one index's arrays, terms and bm25s indexes."""
     parts = sorted(parts, key=lambda p: p.doc.doc_id)
+    if any(p.terms is None for p in parts):
+        raise ValueError("every article needs its terms before assembling (see tokenise_missing)")
+    terms = lexical.merge([p.terms for p in parts if p.terms is not None])
     chunks, sentences, chunk_sentences = [], [], []
     for part in parts:
         base = len(sentences)
@@ -106,11 +117,22 @@ def assemble(parts: list[_Part], dimension: int) -> IndexData:
         sentences=sentences,
         sentence_vectors=np.concatenate([p.sentence_vectors for p in parts] or [empty]).astype(np.float32),
         chunk_sentences=chunk_sentences,
+        terms=terms,
+        bm25=lexical.bm25_indexes(terms),
     )
 
 
-def embed_documents(docs: list[Document], settings: Settings, embedder: Embedder, progress: bool) -> list[_Part]:
-    """Chunk and embed new or changed articles: passages and sentences in one batched pass."""
+def tokenise_missing(parts: list[_Part], lexicon: Lexicon) -> int:
+    """Give the parts that have no terms (from an index stored without them) their terms; returns how many."""
+    missing = [part for part in parts if part.terms is None]
+    for part in missing:
+        part.terms = lexical.tokenise_article(lexicon, part.doc, part.chunks, part.sentences)
+    return len(missing)
+
+
+def embed_documents(docs: list[Document], settings: Settings, embedder: Embedder, progress: bool,
+                    lexicon: Lexicon) -> list[_Part]:
+    """Chunk, embed and tokenise new or changed articles: passages and sentences in one batched pass."""
     split = [split_document(doc, settings) for doc in docs]
     texts = [c.text for chunks, _, _ in split for c in chunks]
     n_passages = len(texts)
@@ -120,7 +142,8 @@ def embed_documents(docs: list[Document], settings: Settings, embedder: Embedder
     parts, p_at, s_at = [], 0, 0
     for doc, (chunks, spans, ranges) in zip(docs, split):
         parts.append(_Part(doc, chunks, passage_vectors[p_at:p_at + len(chunks)], spans,
-                           sentence_vectors[s_at:s_at + len(spans)], ranges))
+                           sentence_vectors[s_at:s_at + len(spans)], ranges,
+                           lexical.tokenise_article(lexicon, doc, chunks, spans)))
         p_at += len(chunks)
         s_at += len(spans)
     return parts
@@ -161,12 +184,17 @@ def build(settings: Settings, embedder: Embedder, *, full: bool = False, progres
                 log(f"skipped {path.name}: {exc}")
         current_ids = {p.doc.doc_id for p in kept} | {d.doc_id for d in changed}
         removed = sorted(set(previous) - current_ids)
-        if previous and not changed and not removed:
+        lexicon = Lexicon()
+        # An index stored without terms (or by another lexicon) gets them now, from its texts.
+        derived = tokenise_missing(kept, lexicon)
+        if derived:
+            log(f"derived the index terms of {derived} article(s) from their stored text")
+        if previous and not changed and not removed and not derived:
             return BuildReport(None, len(kept), sum(len(p.chunks) for p in kept), [], [], skipped,
                                time.perf_counter() - started, full)
         if changed:
             log(f"embedding {len(changed)} article(s)")
-        new_parts = embed_documents(changed, settings, embedder, progress)
+        new_parts = embed_documents(changed, settings, embedder, progress, lexicon)
         data = assemble(kept + new_parts, embedder.dimension)
         version = store.write(index_dir, data, {"model": model_tag(settings), "chunking": chunking_settings(settings)})
         return BuildReport(version, len(data.documents), len(data.chunks), [d.doc_id for d in changed], removed,

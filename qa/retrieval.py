@@ -12,14 +12,15 @@ questions only (see bench/RESULTS.md). Reciprocal rank fusion of the same signal
 
 from __future__ import annotations
 
-import logging
 import re
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 
+from . import lexical
 from .chunking import Chunk
+from .lexical import B, K1, Lexicon, Terms  # noqa: F401  (Terms: re-exported for callers of this module)
 from .store import IndexData
 
 Mode = Literal["hybrid", "dense", "lexical"]
@@ -29,16 +30,11 @@ FUSIONS: tuple[Fusion, ...] = ("zscore", "rrf")
 _WORD = re.compile(r"\w+")
 # How deep each ranker looks before fusion; fusion only reorders what either one found.
 _DEPTH = 100
-# BM25 parameters (tuned on training questions; k1=1.2, b=0.75 is the textbook default).
-K1 = 0.9
-B = 0.4
 # Shares within the two halves of the hybrid weight (see module docstring).
 SENTENCE_SHARE = 2 / 3  # of the dense half: best sentence's cosine (the rest: the passage's)
 ARTICLE_SHARE = 1 / 3  # of the lexical half: the article's BM25 (the rest: the passage's)
 # On top of both halves: the best sentence's IDF-weighted share of the question's terms.
 COVERAGE_WEIGHT = 0.2
-# bm25s logs every index build at DEBUG; questions should not fill the server log.
-logging.getLogger("bm25s").setLevel(logging.WARNING)
 
 
 @dataclass(frozen=True)
@@ -54,41 +50,6 @@ class Hit:
     sentence: float | None = None  # best cosine of one of the passage's sentences (hybrid only)
     article: float | None = None  # BM25 score of the whole article (hybrid only)
     coverage: float | None = None  # best sentence's IDF-weighted share of the question's terms (hybrid only)
-
-
-class Terms(list):  # type: ignore[type-arg]
-    """A text's index terms that remember the text: the answer step reads the question's form from it."""
-
-    __slots__ = ("text",)
-
-    def __init__(self, terms: list[str], text: str = "") -> None:
-        super().__init__(terms)
-        self.text = text
-
-
-class Lexicon:
-    """Tokenisation shared by BM25 and answer-sentence overlap: lower-case, stop words out, stemmed."""
-
-    def __init__(self) -> None:
-        import Stemmer
-        from bm25s.stopwords import STOPWORDS_EN
-
-        self._stem = Stemmer.Stemmer("english").stemWords
-        self._stop = frozenset(STOPWORDS_EN) | {"what", "which", "who", "whom", "when", "where", "why", "how",
-                                                 "does", "did", "do", "has", "have", "had", "its", "from"}
-
-    def terms(self, text: str) -> Terms:
-        words = [w for w in _WORD.findall(text.lower()) if w not in self._stop]
-        return Terms(self._stem(words), text)
-
-
-def _bm25(tokens: list[list[str]], k1: float, b: float):  # type: ignore[no-untyped-def]
-    import bm25s
-
-    index = bm25s.BM25(k1=k1, b=b)
-    if tokens:
-        index.index(tokens, show_progress=False)
-    return index
 
 
 def _zscores(values: np.ndarray) -> np.ndarray:
@@ -109,34 +70,29 @@ class Retriever:
     def __init__(self, data: IndexData, lexicon: Lexicon | None = None, k1: float = K1, b: float = B) -> None:
         self.data = data
         self.lexicon = lexicon or Lexicon()
-        tokens = [self.lexicon.terms(self._lexical_text(c)) for c in data.chunks]
-        self._bm25 = _bm25(tokens, k1, b)
-        # The article index: one BM25 document per article, and each passage's article number.
+        terms = data.terms
+        if terms is None:  # an index stored without terms: derive them from its texts, as builds once did
+            sentences = (data.documents[doc_id].text[start:end] for doc_id, start, end in data.sentences)
+            terms = lexical.tokenise(self.lexicon, data.documents.values(), data.chunks, sentences)
+        bm25 = data.bm25
+        if bm25 is None or not bm25.fits(k1, b, len(data.chunks), len(data.documents)):
+            bm25 = lexical.bm25_indexes(terms, k1, b)
+        # The passage index and the article index (one BM25 document per article), or None if nothing has a term.
+        self._bm25, self._articles = (bm25.passages, bm25.articles) if bm25 is not None else (None, None)
         self._doc_ids = list(data.documents)
         number = {doc_id: i for i, doc_id in enumerate(self._doc_ids)}
         self._article_of = np.array([number[c.doc_id] for c in data.chunks], dtype=np.int64)
-        self._articles = _bm25([self.lexicon.terms(self._article_text(d)) for d in self._doc_ids], k1, b)
-        # Document frequencies, for weighting question words by how rare they are.
-        df: dict[str, int] = {}
-        for terms in tokens:
-            for term in set(terms):
-                df[term] = df.get(term, 0) + 1
-        n = max(len(tokens), 1)
-        self.idf = {term: float(np.log(1 + (n - f + 0.5) / (f + 0.5))) for term, f in df.items()}
+        # Inverse document frequencies over the passages, for weighting question words by how rare they are.
+        n = max(len(data.chunks), 1)
+        frequencies = lexical.document_frequencies(terms.passages, len(terms.vocabulary))
+        present = np.flatnonzero(frequencies)
+        idf_of = {f: float(np.log(1 + (n - f + 0.5) / (f + 0.5))) for f in set(frequencies[present].tolist())}
+        vocabulary = terms.vocabulary
+        self.idf = {vocabulary[i]: idf_of[f] for i, f in zip(present.tolist(), frequencies[present].tolist())}
         self.default_idf = float(np.log(1 + (n + 0.5) / 0.5))
         self._sentence_rows = np.array(data.chunk_sentences, dtype=np.int64).reshape(-1, 2)
         # Each sentence's terms, for sentence coverage here and in the answer step.
-        self.sentence_terms = [frozenset(self.lexicon.terms(data.documents[doc_id].text[start:end]))
-                                for doc_id, start, end in data.sentences]
-
-    def _lexical_text(self, chunk: Chunk) -> str:
-        # Prefixing each passage with its article's headline was measured on the training sets:
-        # no gain on SQuAD or SciFact and a loss on the seed articles, whose headlines share words.
-        return chunk.text
-
-    def _article_text(self, doc_id: str) -> str:
-        doc = self.data.documents[doc_id]
-        return doc.text if doc.text.startswith(doc.title) else f"{doc.title}\n{doc.text}"
+        self.sentence_terms = lexical.SentenceTerms(terms.sentences, vocabulary)
 
     def dense_scores(self, query: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
         """Rows and cosine scores of the nearest passages."""
@@ -148,22 +104,19 @@ class Retriever:
         return rows[0][keep], scores[0][keep]
 
     @staticmethod
-    def _scores(index, ids: list[int], n: int) -> np.ndarray:  # type: ignore[no-untyped-def]
-        if not ids or n == 0:
+    def _scores(index, terms: list[str], n: int) -> np.ndarray:  # type: ignore[no-untyped-def]
+        ids = index.get_tokens_ids(terms) if index is not None else []
+        if not ids:
             return np.zeros(n, dtype=np.float32)
         return np.asarray(index.get_scores_from_ids(ids), dtype=np.float32)
 
     def lexical_scores(self, terms: list[str]) -> np.ndarray:
         """BM25 score of every passage (zeros when no term is in the vocabulary)."""
-        n = len(self.data.chunks)
-        ids = self._bm25.get_tokens_ids(terms) if n else []
-        return self._scores(self._bm25, ids, n)
+        return self._scores(self._bm25, terms, len(self.data.chunks))
 
     def article_scores(self, terms: list[str]) -> np.ndarray:
         """BM25 score of every article, spread to its passages."""
-        n = len(self._doc_ids)
-        ids = self._articles.get_tokens_ids(terms) if n else []
-        return self._scores(self._articles, ids, n)[self._article_of]
+        return self._scores(self._articles, terms, len(self._doc_ids))[self._article_of]
 
     def sentence_scores(self, query: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """For each passage row, the best cosine between the question and one of its sentences."""
@@ -185,9 +138,9 @@ class Retriever:
         out = np.zeros(len(rows), dtype=np.float32)
         if not total:
             return out
-        sentence_terms = self.sentence_terms
         for i, (first, last) in enumerate(self._sentence_rows[rows].tolist()):
-            out[i] = max((sum(w for t, w in weights.items() if t in sentence_terms[s]) for s in range(first, last)),
+            sentences = self.sentence_terms[first:last]  # each set fetched once, not once per question term
+            out[i] = max((sum(w for t, w in weights.items() if t in present) for present in sentences),
                          default=0.0) / total
         return out
 

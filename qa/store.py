@@ -3,6 +3,11 @@
 Layout: each build is written to a hidden temporary folder, renamed to `v-<time>-<id>/`, and
 then `CURRENT` (a one-line file naming the live version) is replaced atomically. A crash at any
 moment leaves either the old or the new version named in CURRENT, both complete.
+
+A version also holds its index terms (vocabulary and term ids, see lexical.py) and the two bm25s
+indexes built from them, so opening it tokenises nothing. A version written before these existed,
+or with another `lexicon_version`, still loads: its terms are then derived from the stored texts
+(by the retriever when serving, by the next build for good), and nothing is embedded again.
 """
 
 from __future__ import annotations
@@ -25,12 +30,21 @@ import numpy as np
 from .chunking import Chunk
 from .documents import CLEANING_VERSION, Document
 from .errors import IndexBusy, IndexCorrupt, IndexIncompatible, IndexMissing
+from .lexical import LEXICON_VERSION, Bm25Indexes, IndexTerms, import_bm25s, pack, unpack
 
+# Term files were added without a format change: older versions still load (see the module docstring).
 FORMAT_VERSION = 1
 CURRENT = "CURRENT"
 LOCK = ".lock"
 MANIFEST = "manifest.json"
-FILES = ("documents.json", "passages.json", "vectors.npy", "sentence_vectors.npy", "dense.faiss")
+CORE_FILES = ("documents.json", "passages.json", "vectors.npy", "sentence_vectors.npy", "dense.faiss")
+TERM_FILES = ("terms.json", "term_ids.npy", "term_offsets.npy")
+# bm25s saves an index as five files; each one's name here, by the bm25s.BM25.save argument naming it.
+_BM25_PARTS = {"data_name": "data.npy", "indices_name": "indices.npy", "indptr_name": "indptr.npy",
+               "vocab_name": "vocab.json", "params_name": "params.json"}
+_BM25_KINDS = ("passages", "articles")
+BM25_FILES = tuple(f"bm25-{kind}.{part}" for kind in _BM25_KINDS for part in _BM25_PARTS.values())
+FILES = CORE_FILES + TERM_FILES + BM25_FILES
 # Above this many passages an HNSW graph replaces exact search (see README, "Index").
 APPROXIMATE_ABOVE = 50_000
 
@@ -48,6 +62,8 @@ class IndexData:
     manifest: dict[str, Any] = field(default_factory=dict)
     version: str = ""
     faiss_index: Any = None
+    terms: IndexTerms | None = None  # None: a version from before term files, or another lexicon
+    bm25: Bm25Indexes | None = None  # None: not stored (see terms), or nothing to index
 
 
 def _sha256(path: Path) -> str:
@@ -63,6 +79,37 @@ def _fsync_write(path: Path, data: bytes) -> None:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
+
+
+def _fsync_array(path: Path, array: np.ndarray) -> None:
+    with path.open("wb") as handle:
+        np.save(handle, array, allow_pickle=False)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _fsync_file(path: Path) -> None:
+    with path.open("rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def _bm25_names(kind: str) -> dict[str, str]:
+    return {argument: f"bm25-{kind}.{part}" for argument, part in _BM25_PARTS.items()}
+
+
+def _write_terms(folder: Path, terms: IndexTerms, bm25: Bm25Indexes | None) -> list[str]:
+    """Save the index terms and the bm25s indexes; returns the names of the files written."""
+    ids, offsets = pack(terms)
+    _fsync_write(folder / "terms.json", json.dumps({"vocabulary": list(terms.vocabulary)}, ensure_ascii=False).encode())
+    _fsync_array(folder / "term_ids.npy", ids)
+    _fsync_array(folder / "term_offsets.npy", offsets)
+    if bm25 is None:
+        return list(TERM_FILES)
+    for kind in _BM25_KINDS:
+        getattr(bm25, kind).save(folder, show_progress=False, **_bm25_names(kind))
+    for filename in BM25_FILES:
+        _fsync_file(folder / filename)
+    return list(TERM_FILES + BM25_FILES)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -109,6 +156,8 @@ def _document_record(doc: Document, passages: int) -> dict[str, Any]:
 
 def write(index_dir: Path, data: IndexData, settings_fields: dict[str, Any]) -> str:
     """Write a new version beside the live one and make it live; returns its name."""
+    if data.terms is None:
+        raise ValueError("an index version needs its terms (see indexing.assemble)")
     index_dir.mkdir(parents=True, exist_ok=True)
     name = f"v-{datetime.now(timezone.utc):%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}"
     staging = index_dir / f".tmp-{name}"
@@ -127,15 +176,14 @@ def write(index_dir: Path, data: IndexData, settings_fields: dict[str, Any]) -> 
         sentences = [[doc_id, start, end] for doc_id, start, end in data.sentences]
         _fsync_write(staging / "passages.json", json.dumps({"passages": passages, "sentences": sentences}).encode())
         for filename, array in (("vectors.npy", data.vectors), ("sentence_vectors.npy", data.sentence_vectors)):
-            with (staging / filename).open("wb") as handle:
-                np.save(handle, np.ascontiguousarray(array, dtype=np.float32), allow_pickle=False)
-                handle.flush()
-                os.fsync(handle.fileno())
+            _fsync_array(staging / filename, np.ascontiguousarray(array, dtype=np.float32))
+        written = list(CORE_FILES) + _write_terms(staging, data.terms, data.bm25)
         import faiss
 
         faiss.write_index(make_faiss_index(data.vectors), str(staging / "dense.faiss"))
         manifest = {
             **compatibility(settings_fields["model"], int(data.vectors.shape[1]), settings_fields["chunking"]),
+            "lexicon_version": LEXICON_VERSION,
             "faiss": "hnsw" if len(data.chunks) > APPROXIMATE_ABOVE else "flat-ip",
             "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "built_by": f"qa {_package_version()}",
@@ -143,7 +191,7 @@ def write(index_dir: Path, data: IndexData, settings_fields: dict[str, Any]) -> 
             "counts": {"documents": len(data.documents), "passages": len(data.chunks), "sentences": len(data.sentences)},
             "documents": {doc.doc_id: {"content_hash": doc.content_hash, "passages": counts.get(doc.doc_id, 0)}
                           for doc in data.documents.values()},
-            "files": {filename: _sha256(staging / filename) for filename in FILES},
+            "files": {filename: _sha256(staging / filename) for filename in written},
         }
         _fsync_write(staging / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False).encode())
         _fsync_dir(staging)
@@ -208,7 +256,7 @@ def read_manifest(index_dir: Path) -> dict[str, Any]:
         raise IndexMissing(f"no index in {index_dir}; run `qa index` to build one")
     path = index_dir / name / MANIFEST
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise IndexCorrupt(f"index manifest {path} is unreadable ({exc}); run `qa index --full` to rebuild") from None
 
@@ -233,18 +281,24 @@ def load(index_dir: Path, verify: bool = True) -> IndexData:
     manifest = read_manifest(index_dir)
     folder = index_dir / manifest.get("version", "")
     rebuild = "run `qa index --full` to rebuild it"
+    listed = manifest.get("files")
+    listed = listed if isinstance(listed, dict) else {}
+    # Term files count only when written by this lexicon; otherwise terms are derived from the texts.
+    has_terms = manifest.get("lexicon_version") == LEXICON_VERSION and all(name in listed for name in TERM_FILES)
+    has_bm25 = has_terms and all(name in listed for name in BM25_FILES)
+    expected = CORE_FILES + (TERM_FILES if has_terms else ()) + (BM25_FILES if has_bm25 else ())
     if verify:
-        missing = [name for name in FILES if not (folder / name).is_file()]
+        missing = [name for name in expected if not (folder / name).is_file()]
         if missing:
             raise IndexCorrupt(f"index file {', '.join(missing)} is missing; {rebuild}")
-        for filename in FILES:
-            if manifest.get("files", {}).get(filename) != _sha256(folder / filename):
+        for filename in expected:
+            if listed.get(filename) != _sha256(folder / filename):
                 raise IndexCorrupt(f"index file {filename} is damaged (checksum mismatch); {rebuild}")
     try:
         import faiss
 
-        records = json.loads((folder / "documents.json").read_text())
-        stored = json.loads((folder / "passages.json").read_text())
+        records = json.loads((folder / "documents.json").read_text(encoding="utf-8"))
+        stored = json.loads((folder / "passages.json").read_text(encoding="utf-8"))
         vectors = np.load(folder / "vectors.npy", allow_pickle=False)
         sentence_vectors = np.load(folder / "sentence_vectors.npy", allow_pickle=False)
         faiss_index = faiss.read_index(str(folder / "dense.faiss"))
@@ -266,8 +320,33 @@ def load(index_dir: Path, verify: bool = True) -> IndexData:
         chunk_sentences.append((first, last))
     if len(chunks) != len(vectors) or faiss_index.ntotal != len(chunks) or len(sentences) != len(sentence_vectors):
         raise IndexCorrupt(f"index in {folder} has mismatched parts; {rebuild}")
+    terms = None
+    if has_terms:
+        try:
+            terms = _read_terms(folder, len(chunks), len(documents), len(sentences))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise IndexCorrupt(f"index terms in {folder} cannot be read ({exc}); {rebuild}") from None
     return IndexData(documents, chunks, vectors, sentences, sentence_vectors, chunk_sentences,
-                     manifest, manifest["version"], faiss_index)
+                     manifest, manifest["version"], faiss_index, terms, _read_bm25(folder) if has_bm25 else None)
+
+
+def _read_terms(folder: Path, passages: int, articles: int, sentences: int) -> IndexTerms:
+    vocabulary = json.loads((folder / "terms.json").read_text(encoding="utf-8"))["vocabulary"]
+    if not isinstance(vocabulary, list):
+        raise ValueError("the vocabulary is not a list")
+    ids = np.load(folder / "term_ids.npy", allow_pickle=False)
+    offsets = np.load(folder / "term_offsets.npy", allow_pickle=False)
+    return unpack(vocabulary, ids, offsets, passages, articles, sentences)
+
+
+def _read_bm25(folder: Path) -> Bm25Indexes | None:
+    """The stored bm25s indexes, or None if this bm25s cannot read them (they are then built from the terms)."""
+    bm25s = import_bm25s()
+    try:
+        passages, articles = (bm25s.BM25.load(folder, show_progress=False, **_bm25_names(kind)) for kind in _BM25_KINDS)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return Bm25Indexes(passages, articles)
 
 
 def _package_version() -> str:

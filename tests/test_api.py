@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Iterator
@@ -183,3 +185,26 @@ def test_page_and_openapi(client: TestClient) -> None:
         assert path in spec["paths"]
     assert client.get("/docs").status_code == 200
     assert "cdn" not in client.get("/docs").text.lower()
+
+
+def test_serving_holds_faiss_and_blas_to_one_thread_in_every_thread() -> None:
+    """Request threads start after limit_threads, so the limit must reach them, not only the caller."""
+    # In a child process: the limit is process-wide and would leak into the other tests.
+    code = """
+import threading
+from qa.api import limit_threads
+limit_threads()
+import faiss
+seen = []
+worker = threading.Thread(target=lambda: seen.append(faiss.omp_get_max_threads()))
+worker.start(); worker.join()
+try:
+    from threadpoolctl import threadpool_info
+    blas = sorted({pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"})
+except ImportError:
+    blas = [1]
+print(faiss.omp_get_max_threads(), seen[0], blas)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[0] == "1 1 [1]"
