@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -52,10 +52,14 @@ def chunking_settings(settings: Settings) -> dict[str, int]:
 
 
 def model_tag(settings: Settings) -> str:
-    """The model as the manifest records it: vectors from different backends are not mixed."""
+    """The model as the manifest records it: vectors from different backends are not mixed.
+
+    The ONNX backends pool sentence vectors from their passages' forward pass (embed_documents),
+    which the tag says too, so an index with sentence vectors embedded alone is rebuilt.
+    """
     if settings.model.startswith("fake-") or settings.backend == "torch":
         return settings.model
-    return f"{settings.model} ({settings.backend})"
+    return f"{settings.model} ({settings.backend}, sentences in context)"
 
 
 def split_document(doc: Document, settings: Settings) -> tuple[list[Chunk], list[tuple[int, int]], list[tuple[int, int]]]:
@@ -132,21 +136,56 @@ def tokenise_missing(parts: list[_Part], lexicon: Lexicon) -> int:
 
 def embed_documents(docs: list[Document], settings: Settings, embedder: Embedder, progress: bool,
                     lexicon: Lexicon) -> list[_Part]:
-    """Chunk, embed and tokenise new or changed articles: passages and sentences in one batched pass."""
+    """Chunk, embed and tokenise new or changed articles.
+
+    With an embedder that can (the ONNX backends), each sentence's vector is pooled from its
+    passage's own forward pass, in context, so the model reads every passage once; otherwise
+    passages and sentences are embedded as separate texts in one batched pass.
+    """
     split = [split_document(doc, settings) for doc in docs]
-    texts = [c.text for chunks, _, _ in split for c in chunks]
-    n_passages = len(texts)
-    texts += [doc.text[s:e] for doc, (_, spans, _) in zip(docs, split) for s, e in spans]
-    vectors = embedder.embed(texts, progress=progress) if texts else np.zeros((0, embedder.dimension), np.float32)
-    passage_vectors, sentence_vectors = vectors[:n_passages], vectors[n_passages:]
+    chunks = [c for doc_chunks, _, _ in split for c in doc_chunks]
+    sentence_texts = [doc.text[s:e] for doc, (_, spans, _) in zip(docs, split) for s, e in spans]
+    in_context = getattr(embedder, "embed_spans", None)
+    if in_context is not None and chunks:
+        passage_vectors, sentence_vectors = _in_context(docs, split, chunks, sentence_texts, in_context, embedder,
+                                                        progress)
+    else:
+        texts = [c.text for c in chunks] + sentence_texts
+        vectors = embedder.embed(texts, progress=progress) if texts else np.zeros((0, embedder.dimension), np.float32)
+        passage_vectors, sentence_vectors = vectors[:len(chunks)], vectors[len(chunks):]
     parts, p_at, s_at = [], 0, 0
-    for doc, (chunks, spans, ranges) in zip(docs, split):
-        parts.append(_Part(doc, chunks, passage_vectors[p_at:p_at + len(chunks)], spans,
+    for doc, (doc_chunks, spans, ranges) in zip(docs, split):
+        parts.append(_Part(doc, doc_chunks, passage_vectors[p_at:p_at + len(doc_chunks)], spans,
                            sentence_vectors[s_at:s_at + len(spans)], ranges,
-                           lexical.tokenise_article(lexicon, doc, chunks, spans)))
-        p_at += len(chunks)
+                           lexical.tokenise_article(lexicon, doc, doc_chunks, spans)))
+        p_at += len(doc_chunks)
         s_at += len(spans)
     return parts
+
+
+def _in_context(docs: list[Document], split: list[tuple[list[Chunk], list[tuple[int, int]], list[tuple[int, int]]]],
+                chunks: list[Chunk], sentence_texts: list[str], embed_spans: Callable[..., Any], embedder: Embedder,
+                progress: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Passage vectors, and sentence vectors pooled from the first passage that holds each sentence."""
+    relative = [[(s - c.start, e - c.start) for s, e in c.sentences] for c in chunks]
+    passage_vectors, pooled = embed_spans([c.text for c in chunks], relative, progress=progress)
+    sentence_vectors = np.zeros((len(sentence_texts), embedder.dimension), dtype=np.float32)
+    filled = np.zeros(len(sentence_texts), dtype=bool)
+    at, base = 0, 0
+    for doc, (doc_chunks, spans, _) in zip(docs, split):
+        row_of = {span: base + row for row, span in enumerate(spans)}
+        for chunk in doc_chunks:
+            for span, vector in zip(chunk.sentences, pooled[at]):
+                row = row_of[span]
+                if not filled[row]:
+                    sentence_vectors[row] = vector
+                    filled[row] = True
+            at += 1
+        base += len(spans)
+    missing = np.flatnonzero(~filled)
+    if len(missing):  # a sentence in no passage (none are today): embedded on its own
+        sentence_vectors[missing] = embedder.embed([sentence_texts[i] for i in missing.tolist()])
+    return passage_vectors, sentence_vectors
 
 
 def build(settings: Settings, embedder: Embedder, *, full: bool = False, progress: bool = False,

@@ -237,3 +237,35 @@ def test_copy_of_index_folder_still_loads(assistant: Assistant, tmp_path: Path) 
     other = Assistant(dataclasses.replace(assistant.settings, index_dir=moved), assistant.embedder)
     other.load()
     assert other.stats()["passages"] == assistant.stats()["passages"]
+
+
+class _SpanFake:
+    """The fake embedder with embed_spans: a span's vector is its own text's, so placement can be checked."""
+
+    def __init__(self) -> None:
+        from qa.embedding import FakeEmbedder
+
+        self.inner = FakeEmbedder(256)
+        self.name = self.inner.name
+        self.dimension = self.inner.dimension
+        self.alone: list[str] = []
+
+    def embed(self, texts, *, progress=False):  # type: ignore[no-untyped-def]
+        self.alone.extend(texts)
+        return self.inner.embed(texts)
+
+    def embed_spans(self, texts, spans, *, progress=False):  # type: ignore[no-untyped-def]
+        return (self.inner.embed(texts),
+                [self.inner.embed([text[s:e] for s, e in row]) for text, row in zip(texts, spans)])
+
+
+def test_sentence_vectors_come_from_the_passages_pass(settings) -> None:  # type: ignore[no-untyped-def]
+    spans = _SpanFake()
+    build(settings, spans)
+    data = store.load(settings.index_dir)
+    assert spans.alone == []  # no sentence was embedded as a text of its own
+    texts = [data.documents[doc_id].text[start:end] for doc_id, start, end in data.sentences]
+    assert np.allclose(data.sentence_vectors, spans.inner.embed(texts))
+    # Every passage's sentences are rows of the index, in order, so the pooled vectors landed in place.
+    for chunk, (first, last) in zip(data.chunks, data.chunk_sentences):
+        assert [(s, e) for _, s, e in data.sentences[first:last]] == list(chunk.sentences)
