@@ -11,6 +11,7 @@ Weights and the threshold were tuned on training questions only (see bench/RESUL
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -92,10 +93,16 @@ def holds_kind(kind: str | None, sentence: str, question: str) -> bool | None:
     if kind == "date":
         return bool(_HAS_DATE.search(sentence))
     if kind == "name":
-        asked = {w.lower().strip(".'’") for w in re.findall(r"[\w'’.-]+", question)}
+        asked = _asked_words(question)
         return any(m.group(0).lower().strip(".'’") not in asked
                    for m in _CAPITALISED.finditer(sentence) if m.start() > 0)
     return None
+
+
+@functools.lru_cache(maxsize=64)
+def _asked_words(question: str) -> frozenset[str]:
+    """The question's words, lower-case: a name among them is not an answer. Cached: every sentence asks."""
+    return frozenset(w.lower().strip(".'’") for w in re.findall(r"[\w'’.-]+", question))
 
 
 def form_words(question: str) -> set[str]:

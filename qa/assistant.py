@@ -247,19 +247,11 @@ class Assistant:
     def ask(self, question: str, top_k: int | None = None, mode: Mode | None = None) -> Result:
         """Best passages for a question, with the answering sentence when the evidence is strong."""
         started = time.perf_counter()
-        top_k = self.settings.top_k if top_k is None else top_k
-        mode = mode or ("hybrid" if self.settings.hybrid else "dense")
-        if mode not in MODES:
-            raise QuestionError(f"mode must be one of {', '.join(MODES)}")
-        text = self.check_question(question, top_k)
-        snapshot = self.snapshot()
-        key = (snapshot.version, text, top_k, mode)
-        with self._cache_lock:
-            cached = self._cache.get(key)
-            if cached is not None:
-                self._cache.move_to_end(key)
+        snapshot, key = self._key(question, top_k, mode)
+        cached = self._cached(key, question, started)
         if cached is not None:
-            return Result(question, cached.answer, cached.passages, (time.perf_counter() - started) * 1000, cached.version, mode)
+            return cached
+        _, text, top_k, mode = key
         result = self._answer(snapshot, text, top_k, mode, started)
         with self._cache_lock:
             self._cache[key] = result
@@ -267,13 +259,38 @@ class Assistant:
                 self._cache.popitem(last=False)
         return result
 
+    def cached(self, question: str, top_k: int | None = None, mode: Mode | None = None) -> Result | None:
+        """What `ask` answers if the same question was asked of this index lately, else None; takes microseconds."""
+        started = time.perf_counter()
+        return self._cached(self._key(question, top_k, mode)[1], question, started)
+
+    def _key(self, question: str, top_k: int | None, mode: Mode | None) -> tuple[Snapshot, tuple[str, str, int, Mode]]:
+        """The snapshot to answer from and the cache key of the checked question."""
+        top_k = self.settings.top_k if top_k is None else top_k
+        mode = mode or ("hybrid" if self.settings.hybrid else "dense")
+        if mode not in MODES:
+            raise QuestionError(f"mode must be one of {', '.join(MODES)}")
+        text = self.check_question(question, top_k)
+        snapshot = self.snapshot()
+        return snapshot, (snapshot.version, text, top_k, mode)
+
+    def _cached(self, key: tuple[str, str, int, Mode], question: str, started: float) -> Result | None:
+        with self._cache_lock:
+            cached = self._cache.get(key)
+            if cached is not None:
+                self._cache.move_to_end(key)
+        if cached is None:
+            return None
+        return Result(question, cached.answer, cached.passages, (time.perf_counter() - started) * 1000, cached.version,
+                      key[3])
+
     def _answer(self, snapshot: Snapshot, question: str, top_k: int, mode: Mode, started: float) -> Result:
         settings = self.settings
         query = self.embedder.embed([question])[0]
-        hits = snapshot.retriever.search(None if mode == "lexical" else query, question, mode=mode,
-                                         rrf_k=settings.rrf_k, dense_weight=settings.dense_weight)
-        hits = tidy(hits, top_k, settings.max_per_doc)
-        terms = snapshot.retriever.lexicon.terms(question)
+        terms = snapshot.retriever.lexicon.terms(question)  # once, for the search and the answer step
+        ranked = snapshot.retriever.ranked(None if mode == "lexical" else query, question, mode=mode,
+                                           rrf_k=settings.rrf_k, dense_weight=settings.dense_weight, terms=terms)
+        hits = tidy(ranked, top_k, settings.max_per_doc)
         found = answering.choose(query, terms, hits, snapshot.data, snapshot.retriever,
                                  settings.answer_threshold, question=question)
         passages = [self._passage(snapshot, rank, hit) for rank, hit in enumerate(hits, start=1)]

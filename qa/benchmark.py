@@ -359,7 +359,7 @@ def compare_quality(data: Any, fast_vectors: np.ndarray, torch_vectors: np.ndarr
 def split_question(assistant: Any, questions: Sequence[str]) -> dict[str, float]:
     """Median milliseconds of each stage of answering, the way Assistant._answer runs them."""
     from . import answer as answering
-    from .retrieval import tidy
+    from .retrieval import best_rows, tidy
 
     snapshot = assistant.snapshot()
     retriever = snapshot.retriever
@@ -372,12 +372,12 @@ def split_question(assistant: Any, questions: Sequence[str]) -> dict[str, float]
         retriever.dense_scores(query, 100)
         t2 = time.perf_counter()
         terms = retriever.lexicon.terms(question)
-        all_scores = retriever.lexical_scores(terms)
-        np.argsort(-all_scores, kind="stable")[:100]
+        best_rows(retriever.lexical_scores(terms), 100)
         t3 = time.perf_counter()
-        # search() runs FAISS and BM25 again inside: what it costs beyond them is the fusion (and tidy).
-        hits = retriever.search(query, question, mode="hybrid", rrf_k=settings.rrf_k, dense_weight=settings.dense_weight)
-        hits = tidy(hits, settings.top_k, settings.max_per_doc)
+        # ranked() runs FAISS and BM25 again inside: what it costs beyond them is the fusion (and tidy).
+        ranked = retriever.ranked(query, question, mode="hybrid", rrf_k=settings.rrf_k,
+                                  dense_weight=settings.dense_weight, terms=terms)
+        hits = tidy(ranked, settings.top_k, settings.max_per_doc)
         t4 = time.perf_counter()
         answering.choose(query, terms, hits, snapshot.data, retriever, settings.answer_threshold)
         t5 = time.perf_counter()

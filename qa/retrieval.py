@@ -13,8 +13,9 @@ questions only (see bench/RESULTS.md). Reciprocal rank fusion of the same signal
 from __future__ import annotations
 
 import re
+from bisect import bisect_left
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Iterable, Iterator, Literal
 
 import numpy as np
 
@@ -53,8 +54,41 @@ class Hit:
 
 
 def _zscores(values: np.ndarray) -> np.ndarray:
-    spread = float(values.std())
-    return (values - values.mean()) / spread if spread > 1e-9 else np.zeros_like(values)
+    """Z-scores along the last axis: each row of a 2-D array on its own (zeros where a row does not vary)."""
+    spread = values.std(axis=-1, keepdims=True)
+    centred = values - values.mean(axis=-1, keepdims=True)
+    return np.divide(centred, spread, out=np.zeros_like(values), where=spread > 1e-9)
+
+
+def best_rows(scores: np.ndarray, depth: int) -> np.ndarray:
+    """Rows of the `depth` best positive scores, best first, ties in row order (what a stable sort of all gives)."""
+    rows = np.flatnonzero(scores > 0)
+    if depth <= 0:
+        return rows[:0]
+    if len(rows) > depth:
+        # Only scores at or above the depth-th best can be among the best: sort those, not every passage.
+        cutoff = np.partition(scores[rows], len(rows) - depth)[len(rows) - depth]
+        rows = rows[scores[rows] >= cutoff]
+    return rows[np.argsort(-scores[rows], kind="stable")][:depth]
+
+
+def _bm25(index: Any, terms: list[str], n: int) -> np.ndarray:
+    """The same scores as bm25s' get_scores_from_ids, added up term by term in the same order.
+
+    bm25s adds each term's column with np.add.at; a column holds each document at most once, so plain
+    fancy-index addition gives the same sums and is several times faster.
+    """
+    ids = index.get_tokens_ids(terms) if index is not None else []
+    scores = np.zeros(n, dtype=np.dtype(index.dtype) if index is not None else np.float32)
+    if not ids:
+        return scores
+    data, indices, indptr = index.scores["data"], index.scores["indices"], index.scores["indptr"]
+    for term in ids:
+        start, end = indptr[term], indptr[term + 1]
+        scores[indices[start:end]] += data[start:end]
+    if index.nonoccurrence_array is not None:  # BM25L and BM25+ only; this project uses Lucene's BM25
+        scores += index.nonoccurrence_array[np.asarray(ids)].sum()
+    return scores.astype(np.float32, copy=False)
 
 
 def _rrf(values: np.ndarray, k: int) -> np.ndarray:
@@ -91,8 +125,10 @@ class Retriever:
         self.idf = {vocabulary[i]: idf_of[f] for i, f in zip(present.tolist(), frequencies[present].tolist())}
         self.default_idf = float(np.log(1 + (n + 0.5) / 0.5))
         self._sentence_rows = np.array(data.chunk_sentences, dtype=np.int64).reshape(-1, 2)
-        # Each sentence's terms, for sentence coverage here and in the answer step.
+        # Each sentence's terms, for the answer step, and as ids, for sentence coverage over many passages.
         self.sentence_terms = lexical.SentenceTerms(terms.sentences, vocabulary)
+        self._sentence_ids = terms.sentences
+        self._vocabulary = vocabulary
 
     def dense_scores(self, query: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
         """Rows and cosine scores of the nearest passages."""
@@ -103,20 +139,14 @@ class Retriever:
         keep = rows[0] >= 0
         return rows[0][keep], scores[0][keep]
 
-    @staticmethod
-    def _scores(index, terms: list[str], n: int) -> np.ndarray:  # type: ignore[no-untyped-def]
-        ids = index.get_tokens_ids(terms) if index is not None else []
-        if not ids:
-            return np.zeros(n, dtype=np.float32)
-        return np.asarray(index.get_scores_from_ids(ids), dtype=np.float32)
-
     def lexical_scores(self, terms: list[str]) -> np.ndarray:
         """BM25 score of every passage (zeros when no term is in the vocabulary)."""
-        return self._scores(self._bm25, terms, len(self.data.chunks))
+        return _bm25(self._bm25, terms, len(self.data.chunks))
 
-    def article_scores(self, terms: list[str]) -> np.ndarray:
-        """BM25 score of every article, spread to its passages."""
-        return self._scores(self._articles, terms, len(self._doc_ids))[self._article_of]
+    def article_scores(self, terms: list[str], rows: np.ndarray | None = None) -> np.ndarray:
+        """BM25 score of the article of every passage, or of these passage rows."""
+        of = self._article_of if rows is None else self._article_of[rows]
+        return _bm25(self._articles, terms, len(self._doc_ids))[of]
 
     def sentence_scores(self, query: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """For each passage row, the best cosine between the question and one of its sentences."""
@@ -127,8 +157,7 @@ class Retriever:
             return (self.data.vectors[rows] @ query).astype(np.float32)
         lengths = spans[:, 1] - spans[:, 0]
         starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-        sentence_rows = np.arange(int(lengths.sum())) + np.repeat(spans[:, 0] - starts, lengths)
-        cosines = self.data.sentence_vectors[sentence_rows] @ query
+        cosines = self.data.sentence_vectors[_ranges(spans[:, 0], lengths)] @ query
         return np.maximum.reduceat(cosines, starts).astype(np.float32)
 
     def sentence_coverage(self, terms: list[str], rows: np.ndarray) -> np.ndarray:
@@ -136,35 +165,59 @@ class Retriever:
         weights = {t: self.idf.get(t, self.default_idf) for t in set(terms)}
         total = sum(weights.values())
         out = np.zeros(len(rows), dtype=np.float32)
-        if not total:
+        spans = self._sentence_rows[rows]
+        lengths = spans[:, 1] - spans[:, 0]
+        if not total or not lengths.any():
             return out
-        for i, (first, last) in enumerate(self._sentence_rows[rows].tolist()):
-            sentences = self.sentence_terms[first:last]  # each set fetched once, not once per question term
-            out[i] = max((sum(w for t, w in weights.items() if t in present) for present in sentences),
-                         default=0.0) / total
+        # The passages' sentences, one after another, and the term ids each of them holds.
+        sentences = _ranges(spans[:, 0], lengths)
+        offsets = self._sentence_ids.offsets
+        counts = offsets[sentences + 1] - offsets[sentences]
+        ids = self._sentence_ids.ids[_ranges(offsets[sentences], counts)]
+        sentence_of = np.repeat(np.arange(len(sentences)), counts)
+        # Added term by term in the order of `weights`, as a sum over each sentence's terms would: the same floats.
+        # Fancy-index addition adds a term's weight to a sentence once, however often the sentence lists it.
+        shares = np.zeros(len(sentences))
+        for term, weight in weights.items():
+            shares[sentence_of[ids == self._term_id(term)]] += weight
+        has = lengths > 0
+        starts = np.concatenate([[0], np.cumsum(lengths[has])[:-1]])
+        out[has] = np.maximum.reduceat(shares, starts) / total
         return out
 
-    def search(self, query: np.ndarray | None, question: str, *, mode: Mode = "hybrid", depth: int = _DEPTH,
+    def _term_id(self, term: str) -> int:
+        """The term's id in the (sorted) vocabulary, or -1 if no text has it."""
+        i = bisect_left(self._vocabulary, term)
+        return i if i < len(self._vocabulary) and self._vocabulary[i] == term else -1
+
+    def search(self, query: np.ndarray | None, question: str, **options: Any) -> list[Hit]:
+        """All candidate passages, best first; `query` is the question's vector (unused for lexical).
+
+        Takes the options of `ranked`.
+        """
+        return list(self.ranked(query, question, **options))
+
+    def ranked(self, query: np.ndarray | None, question: str, *, mode: Mode = "hybrid", depth: int = _DEPTH,
                rrf_k: int = 60, dense_weight: float = 0.5, fusion: Fusion = "zscore",
                sentence_share: float = SENTENCE_SHARE, article_share: float = ARTICLE_SHARE,
-               coverage_weight: float = COVERAGE_WEIGHT) -> list[Hit]:
-        """All candidate passages, best first; `query` is the question's vector (unused for lexical)."""
-        chunks = self.data.chunks
-        if not chunks:
-            return []
+               coverage_weight: float = COVERAGE_WEIGHT, terms: list[str] | None = None) -> Iterator[Hit]:
+        """The candidates of `search`, best first, each Hit made only when reached (tidy stops after a few).
+
+        `terms` are the question's terms if the caller has them already (Lexicon.terms of `question`).
+        """
+        if not self.data.chunks:
+            return iter(())
         if mode == "hybrid" and query is None:
             mode = "lexical"
         dense_rows = np.zeros(0, dtype=np.int64)
         dense_found = np.zeros(0, dtype=np.float32)
         if mode != "lexical" and query is not None:
             dense_rows, dense_found = self.dense_scores(query, depth)
-        terms = self.lexicon.terms(question) if mode != "dense" else []
-        lexical_all = self.lexical_scores(terms) if mode != "dense" else None
         if mode == "dense":
             return self._hits(dense_rows, dense_found, dense_found, None, None, None, None, None)
-        assert lexical_all is not None
-        order = np.argsort(-lexical_all, kind="stable")[:depth]
-        lexical_rows = order[lexical_all[order] > 0]
+        terms = self.lexicon.terms(question) if terms is None else terms
+        lexical_all = self.lexical_scores(terms)
+        lexical_rows = best_rows(lexical_all, depth)
         if mode == "lexical":
             found = lexical_all[lexical_rows]
             return self._hits(lexical_rows, found, None, found, None, None, None, None)
@@ -174,28 +227,28 @@ class Retriever:
         dense = (self.data.vectors[rows] @ query).astype(np.float32)
         sentence = self.sentence_scores(query, rows)
         lexical = lexical_all[rows]
-        article = self.article_scores(terms)[rows]
+        article = self.article_scores(terms, rows)
         coverage = self.sentence_coverage(terms, rows)
         weights = (dense_weight * (1 - sentence_share), dense_weight * sentence_share,
                    (1 - dense_weight) * (1 - article_share), (1 - dense_weight) * article_share, coverage_weight)
+        signals = np.array([dense, sentence, lexical, article, coverage], dtype=np.float64)
+        zscores = _zscores(signals) if fusion == "zscore" else None  # all five signals in one pass
         fused = np.zeros(len(rows))
-        for weight, signal, is_lexical in zip(weights, (dense, sentence, lexical, article, coverage),
-                                              (False, False, True, True, True)):
+        for i, (weight, values, is_lexical) in enumerate(zip(weights, signals, (False, False, True, True, True))):
             if weight == 0:
                 continue
-            values = signal.astype(np.float64)
-            if fusion == "rrf":
+            if zscores is not None:
+                part = zscores[i]
+            else:
                 part = _rrf(values, rrf_k)
                 if is_lexical:  # a passage sharing no word with the question earns no lexical credit
                     part = np.where(values > 0, part, 0.0)
-            else:
-                part = _zscores(values)
             fused += weight * part
         return self._hits(rows, fused, dense, lexical, fused, sentence, article, coverage)
 
     def _hits(self, rows: np.ndarray, score: np.ndarray, dense: np.ndarray | None, lexical: np.ndarray | None,
               fused: np.ndarray | None, sentence: np.ndarray | None, article: np.ndarray | None,
-              coverage: np.ndarray | None) -> list[Hit]:
+              coverage: np.ndarray | None) -> Iterator[Hit]:
         # Ties break by passage order, so rankings are reproducible.
         order = np.lexsort((rows, -score))
         columns = [None if values is None else values[order].tolist()
@@ -203,9 +256,16 @@ class Retriever:
         none = [None] * len(order)
         dense_l, lexical_l, fused_l, sentence_l, article_l, coverage_l = (none if c is None else c for c in columns)
         chunks = self.data.chunks
-        return [Hit(row, chunks[row], value, d, lx, f, st, ar, cv) for row, value, d, lx, f, st, ar, cv
+        return (Hit(row, chunks[row], value, d, lx, f, st, ar, cv) for row, value, d, lx, f, st, ar, cv
                 in zip(rows[order].tolist(), score[order].tolist(), dense_l, lexical_l, fused_l, sentence_l,
-                       article_l, coverage_l)]
+                       article_l, coverage_l))
+
+
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """starts[0], starts[0] + 1, ... (lengths[0] of them), then the same for starts[1], and so on."""
+    total = int(lengths.sum())
+    firsts = np.cumsum(lengths) - lengths  # where each range begins in the result
+    return np.arange(total) + np.repeat(starts - firsts, lengths)
 
 
 def _overlap(a: Chunk, b: Chunk) -> float:
@@ -216,16 +276,19 @@ def _overlap(a: Chunk, b: Chunk) -> float:
     return max(common, 0) / max(min(a.end - a.start, b.end - b.start), 1)
 
 
-def tidy(hits: list[Hit], top_k: int, max_per_doc: int) -> list[Hit]:
+def tidy(hits: Iterable[Hit], top_k: int, max_per_doc: int) -> list[Hit]:
     """Drop near-duplicates (overlapping passages, repeated text) and cap passages per article."""
     kept: list[Hit] = []
     per_doc: dict[str, int] = {}
     seen_text: set[str] = set()
     for hit in hits:
-        key = " ".join(_WORD.findall(hit.chunk.text.lower()))
-        if key in seen_text or per_doc.get(hit.chunk.doc_id, 0) >= max_per_doc:
+        # The cheap checks first: the text key takes a pass over the passage.
+        if per_doc.get(hit.chunk.doc_id, 0) >= max_per_doc:
             continue
         if any(_overlap(hit.chunk, other.chunk) > 0.5 for other in kept):
+            continue
+        key = " ".join(_WORD.findall(hit.chunk.text.lower()))
+        if key in seen_text:
             continue
         kept.append(hit)
         seen_text.add(key)
