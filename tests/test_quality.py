@@ -173,12 +173,16 @@ def test_answer_is_the_sentence_with_the_asked_kind(fake: Assistant) -> None:
     assert answering.choose(query, terms, hits, snapshot.data, snapshot.retriever, threshold=99.0) is None
 
 
-def test_a_sentence_without_the_asked_kind_lowers_confidence(fake: Assistant) -> None:
-    snapshot = fake.snapshot()
-    question = "How many passengers waited for the harbour ferry?"
-    query = fake.embedder.embed([question])[0]
+def _evidence(assistant: Assistant, question: str) -> tuple:
+    """What the answer step reads for a question: the snapshot, its vector, its terms and the top hits."""
+    snapshot = assistant.snapshot()
+    query = assistant.embedder.embed([question])[0]
     terms = snapshot.retriever.lexicon.terms(question)
-    hits = tidy(snapshot.retriever.search(query, question), 5, 3)
+    return snapshot, query, terms, tidy(snapshot.retriever.search(query, question), 5, 3)
+
+
+def test_a_sentence_without_the_asked_kind_lowers_confidence(fake: Assistant) -> None:
+    snapshot, query, terms, hits = _evidence(fake, "How many passengers waited for the harbour ferry?")
     best = answering.score_sentences(query, terms, hits, snapshot.data, snapshot.retriever)[0]
     assert best.kind_match is False  # "passengers had waited patiently": no number
     lenient = answering.choose(query, terms, hits, snapshot.data, snapshot.retriever, -np.inf, mismatch=0.0)
@@ -188,11 +192,7 @@ def test_a_sentence_without_the_asked_kind_lowers_confidence(fake: Assistant) ->
 
 
 def test_headline_is_never_the_answer(fake: Assistant) -> None:
-    snapshot = fake.snapshot()
-    question = "Orchard harvest beats forecasts"
-    query = fake.embedder.embed([question])[0]
-    terms = snapshot.retriever.lexicon.terms(question)
-    hits = tidy(snapshot.retriever.search(query, question), 5, 3)
+    snapshot, query, terms, hits = _evidence(fake, "Orchard harvest beats forecasts")
     scored = answering.score_sentences(query, terms, hits, snapshot.data, snapshot.retriever)
     texts = [snapshot.data.documents[snapshot.data.sentences[s.row][0]].text[slice(*snapshot.data.sentences[s.row][1:])]
              for s in scored]
