@@ -10,9 +10,11 @@ import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, AsyncIterator, Literal
 
+import anyio
 from fastapi import Body, Depends, File, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -21,7 +23,6 @@ from fastapi.templating import Jinja2Templates
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field
 from pydantic_core import to_json
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -342,12 +343,18 @@ def create_app(assistant: Assistant, web_dir: Path = WEB_DIR) -> Any:
         if not hmac.compare_digest(given.encode(), token.encode()):
             raise StarletteHTTPException(401, "this action needs the API token (Authorization: Bearer ...)")
 
+    # Questions are worked out on at most two threads per core: one's encoding and FAISS search (which
+    # release the interpreter lock) overlap another's Python steps, and more threads only contend for the
+    # lock (measured at 8 clients on 2 cores: 168-176 req/s with Starlette's 40 threads, 228-242 with 4).
+    ask_threads = anyio.CapacityLimiter(2 * len(os.sched_getaffinity(0)))
+
     async def ask(question: str, top_k: int, mode: str | None) -> Response:
         """A repeated question is answered from the cache here; any other is worked out in the thread pool,
         off the event loop. The body is serialised once, by pydantic-core, as the response model would be."""
         result = assistant.cached(question, top_k, mode)  # type: ignore[arg-type]
         if result is None:
-            result = await run_in_threadpool(assistant.ask, question, top_k, mode)  # type: ignore[arg-type]
+            result = await anyio.to_thread.run_sync(partial(assistant.ask, question, top_k, mode),  # type: ignore[arg-type]
+                                                    limiter=ask_threads)
         return Response(to_json(serialize.result_json(result), inf_nan_mode="null"), media_type="application/json")
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
