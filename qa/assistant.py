@@ -99,10 +99,13 @@ class Assistant:
         data = store.load(self.settings.index_dir)
         expected = store.compatibility(indexing.model_tag(self.settings), None, indexing.chunking_settings(self.settings))
         store.check_compatible(data.manifest, expected)
+        # A single assignment: a question in flight keeps the snapshot it started with.
+        self._snapshot = Snapshot(data, self._lexicon_once())
+
+    def _lexicon_once(self) -> Lexicon:
         if self._lexicon is None:
             self._lexicon = Lexicon()
-        # A single assignment: a question in flight keeps the snapshot it started with.
-        self._snapshot = Snapshot(data, self._lexicon)
+        return self._lexicon
 
     def ensure_index(self, *, progress: bool = False, log: Callable[[str], None] = lambda m: None) -> BuildReport | None:
         """Load the index, building it from the articles folder first if there is none.
@@ -123,10 +126,18 @@ class Assistant:
     def build(self, *, full: bool = False, progress: bool = False, log: Callable[[str], None] = lambda m: None) -> BuildReport:
         """Update the index from the articles folder and swap it in."""
         with self._build_lock:
-            report = indexing.build(self.settings, self.embedder, full=full, progress=progress, log=log)
-            if report.version is not None or self._snapshot is None:
-                self.load()
-            return report
+            return self._update(full=full, progress=progress, log=log)
+
+    def _update(self, *, full: bool = False, progress: bool = False,
+                log: Callable[[str], None] = lambda m: None) -> BuildReport:
+        """Build from the live snapshot and swap in the version written, as it is in memory (hold _build_lock)."""
+        current = self._snapshot.data if self._snapshot is not None else None
+        report = indexing.build(self.settings, self.embedder, full=full, progress=progress, log=log, current=current)
+        if report.data is not None:
+            self._snapshot = Snapshot(report.data, self._lexicon_once())
+        elif self._snapshot is None:
+            self.load()
+        return report
 
     # --- articles ------------------------------------------------------------------------
 
@@ -187,9 +198,7 @@ class Assistant:
                     temp.write_bytes(upload.data)
                     os.replace(temp, target)
                     written.append(target)
-                report = indexing.build(self.settings, self.embedder, progress=progress, log=log)
-                self.load()
-                return report
+                return self._update(progress=progress, log=log)
             except BaseException:
                 # A failed add leaves the folder as it was, so the next build does not pick it up.
                 for path in written:
@@ -216,9 +225,7 @@ class Assistant:
             for path in doomed:
                 path.unlink()
             try:
-                report = indexing.build(self.settings, self.embedder, log=log)
-                self.load()
-                return report
+                return self._update(log=log)
             except BaseException:
                 for path, data in saved.items():
                     path.write_bytes(data)

@@ -32,6 +32,8 @@ class BuildReport:
     skipped: dict[str, str] = field(default_factory=dict)  # file name -> why it was not indexed
     seconds: float = 0.0
     full: bool = False
+    # The version just written, in memory as store.load would give it (None when none was written).
+    data: IndexData | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -189,8 +191,12 @@ def _in_context(docs: list[Document], split: list[tuple[list[Chunk], list[tuple[
 
 
 def build(settings: Settings, embedder: Embedder, *, full: bool = False, progress: bool = False,
-          log: Log = lambda message: None) -> BuildReport:
-    """Bring the index in line with the articles folder; only changed articles are embedded."""
+          log: Log = lambda message: None, current: IndexData | None = None) -> BuildReport:
+    """Bring the index in line with the articles folder; only changed articles are embedded.
+
+    `current` is the live version already in memory, if the caller has it: used instead of reading
+    it again when it is still the live one on disk.
+    """
     started = time.perf_counter()
     index_dir = settings.index_dir
     with store.build_lock(index_dir):
@@ -200,7 +206,8 @@ def build(settings: Settings, embedder: Embedder, *, full: bool = False, progres
         previous: dict[str, _Part] = {}
         if not full:
             try:
-                loaded = store.load(index_dir)
+                live = current is not None and bool(current.version) and current.version == store.current_version(index_dir)
+                loaded = current if live and current is not None else store.load(index_dir)
                 store.check_compatible(loaded.manifest, expected)
                 previous = _parts_of(loaded)
             except IndexMissing:
@@ -237,4 +244,4 @@ def build(settings: Settings, embedder: Embedder, *, full: bool = False, progres
         data = assemble(kept + new_parts, embedder.dimension)
         version = store.write(index_dir, data, {"model": model_tag(settings), "chunking": chunking_settings(settings)})
         return BuildReport(version, len(data.documents), len(data.chunks), [d.doc_id for d in changed], removed,
-                           skipped, time.perf_counter() - started, full)
+                           skipped, time.perf_counter() - started, full, store.written(index_dir, version, data))

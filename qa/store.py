@@ -20,7 +20,7 @@ import os
 import shutil
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
@@ -328,6 +328,15 @@ def load(index_dir: Path, verify: bool = True) -> IndexData:
             raise IndexCorrupt(f"index terms in {folder} cannot be read ({exc}); {rebuild}") from None
     return IndexData(documents, chunks, vectors, sentences, sentence_vectors, chunk_sentences,
                      manifest, manifest["version"], faiss_index, terms, _read_bm25(folder) if has_bm25 else None)
+
+
+def written(index_dir: Path, version: str, data: IndexData) -> IndexData:
+    """A version just written from `data`, as load() gives it, without reading its arrays and texts back."""
+    import faiss
+
+    folder = index_dir / version
+    manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    return replace(data, manifest=manifest, version=version, faiss_index=faiss.read_index(str(folder / "dense.faiss")))
 
 
 def _read_terms(folder: Path, passages: int, articles: int, sentences: int) -> IndexTerms:

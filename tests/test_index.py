@@ -269,3 +269,19 @@ def test_sentence_vectors_come_from_the_passages_pass(settings) -> None:  # type
     # Every passage's sentences are rows of the index, in order, so the pooled vectors landed in place.
     for chunk, (first, last) in zip(data.chunks, data.chunk_sentences):
         assert [(s, e) for _, s, e in data.sentences[first:last]] == list(chunk.sentences)
+
+
+def test_add_swaps_in_the_written_version_without_reading_the_index_back(assistant: Assistant) -> None:
+    real_load = store.load
+    with mock.patch("qa.store.load", side_effect=real_load) as loads:
+        report = assistant.add([Upload("lighthouse.txt", NEW_ARTICLE.encode())])
+    assert loads.call_count == 0 and report.version == store.current_version(assistant.settings.index_dir)
+    live = assistant.snapshot().data
+    fresh = Assistant(assistant.settings)
+    fresh.load()
+    on_disk = fresh.snapshot().data
+    assert snapshot(live) == snapshot(on_disk) and live.version == on_disk.version
+    assert np.array_equal(live.vectors, on_disk.vectors) and np.array_equal(live.sentence_vectors, on_disk.sentence_vectors)
+    assert live.manifest == on_disk.manifest
+    question = "When will the lighthouse on Cape Verde Point be staffed?"
+    assert assistant.ask(question).passages == fresh.ask(question).passages
