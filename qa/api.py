@@ -185,9 +185,15 @@ class Jobs:
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
 
+    # Finished jobs are remembered for GET /jobs/{id}; beyond this many the oldest finished ones go.
+    KEEP_FINISHED = 200
+
     def submit(self, kind: str, names: list[str], work: Any) -> Job:
         job = Job(uuid.uuid4().hex[:12], kind, names)
         with self._lock:
+            finished = [key for key, old in self._jobs.items() if old.done.is_set()]
+            for key in finished[:max(0, len(finished) - self.KEEP_FINISHED + 1)]:
+                del self._jobs[key]
             self._jobs[job.job_id] = job
 
         def run() -> None:

@@ -208,3 +208,26 @@ print(faiss.omp_get_max_threads(), seen[0], blas)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("\n")[0] == "1 1 [1]"
+
+
+def test_finished_jobs_are_forgotten_beyond_a_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    from qa.api import Jobs
+
+    class Report:
+        version = "v-test"
+
+    jobs = Jobs()
+    monkeypatch.setattr(Jobs, "KEEP_FINISHED", 3)
+    try:
+        done = []
+        for _ in range(6):
+            job = jobs.submit("add", ["a.txt"], lambda: Report())
+            assert job.done.wait(10)
+            done.append(job.job_id)
+        latest = jobs.submit("add", ["a.txt"], lambda: Report())
+        assert latest.done.wait(10)
+        kept = [job_id for job_id in done + [latest.job_id] if jobs.get(job_id) is not None]
+        assert kept == done[-2:] + [latest.job_id]
+        assert jobs.get(latest.job_id).status == "done"
+    finally:
+        jobs.shutdown()
