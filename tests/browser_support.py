@@ -91,15 +91,18 @@ def _wait_healthy(server: Server, timeout: float) -> str | None:
     return f"not ready after {timeout:.0f}s ({last})"
 
 
-def start_server(root: Path) -> Server:
-    """Copy the seeds, start the real server as a subprocess, and return once /health answers."""
+def start_server(root: Path, settings: dict[str, str] | None = None) -> Server:
+    """Copy the seeds, start the real server as a subprocess, and return once /health answers.
+
+    `settings` are QA_* environment variables for the server (others are not passed on).
+    """
     docs = root / "docs"
     docs.mkdir()
     for seed in sorted(SEEDS.glob("*.txt")):
         shutil.copy2(seed, docs / seed.name)
     index = root / "index"
     env = {key: value for key, value in os.environ.items() if not key.startswith("QA_")}
-    env.update({"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
+    env.update({"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(settings or {})})
     problem = "not started"
     for attempt in range(3):  # another process may take the free port before the server binds it
         port = free_port()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from pathlib import Path
@@ -199,6 +200,35 @@ def test_upload_an_article_then_ask_about_it(page: Page, tmp_path: Path) -> None
     expect(status).to_have_attribute("data-state", "error")
     expect(status).to_contain_text("Could not add notes.pdf")
     expect(status).to_contain_text(".txt")  # the server's reason follows
+
+
+def test_a_server_with_an_api_token_asks_for_it_on_upload(browser: Browser, tmp_path: Path) -> None:
+    (tmp_path / "guarded").mkdir()
+    try:
+        guarded = start_server(tmp_path / "guarded", {"QA_API_TOKEN": "harbour-key-7"})
+    except RuntimeError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        article = tmp_path / "glimmerford_puffins.txt"
+        article.write_text(PUFFIN_ARTICLE, encoding="utf-8")
+        with contextlib.contextmanager(open_page)(browser, guarded.url) as page:
+            field, status = page.get_by_test_id("token-field"), page.get_by_test_id("upload-status")
+            expect(field).to_be_hidden()
+            page.get_by_test_id("upload-input").set_input_files(str(article))
+            page.get_by_test_id("upload-button").click()
+            expect(status).to_have_attribute("data-state", "error")
+            expect(status).to_contain_text("needs its API token")
+            expect(field).to_be_visible()
+            expect(page.get_by_test_id("token-input")).to_be_focused()
+            page.get_by_test_id("token-input").fill("wrong-key")
+            page.get_by_test_id("upload-button").click()
+            expect(status).to_contain_text("did not accept that API token")
+            page.get_by_test_id("token-input").fill("harbour-key-7")
+            page.get_by_test_id("upload-button").click()
+            expect(status).to_have_attribute("data-state", "done", timeout=90_000)
+            expect(page.locator('[data-testid=doc-item][data-doc-id="glimmerford_puffins"]')).to_have_count(1)
+    finally:
+        guarded.stop()
 
 
 # --- 4. nothing answers ------------------------------------------------------------------------

@@ -22,6 +22,8 @@
     uploadInput: $("upload-input"),
     uploadButton: $("upload-button"),
     uploadStatus: $("upload-status"),
+    tokenField: $("token-field"),
+    tokenInput: $("token-input"),
     chat: $("chat"),
     intro: $("intro"),
     scroller: $("conversation-scroll"),
@@ -316,8 +318,11 @@
     for (const file of files) form.append("files", file, file.name);
     ui.uploadButton.disabled = true;
     uploadState("working", `Uploading ${names}…`);
+    const token = ui.tokenInput.value.trim();
     try {
-      let job = await api("/documents", { method: "POST", body: form });
+      const headers = { Accept: "application/json" };
+      if (token) headers.Authorization = `Bearer ${token}`;
+      let job = await api("/documents", { method: "POST", body: form, headers });
       uploadState("working", `Indexing ${names}… questions still use the current index meanwhile.`);
       while (job.status === "queued" || job.status === "running") {
         await sleep(POLL_MS);
@@ -332,7 +337,16 @@
         uploadState("error", `Could not add ${names}: ${job.message || "the index update failed."}`);
       }
     } catch (err) {
-      uploadState("error", `Could not add ${names}: ${err.message}`);
+      if (err.status === 401) {
+        // The server keeps additions for whoever holds its API token: ask for it here.
+        ui.tokenField.hidden = false;
+        uploadState("error", token
+          ? `Could not add ${names}: the server did not accept that API token. Check it and try again.`
+          : `This server needs its API token to add articles. Enter it above and press "Add to the index" again.`);
+        ui.tokenInput.focus();
+      } else {
+        uploadState("error", `Could not add ${names}: ${err.message}`);
+      }
     } finally {
       ui.uploadButton.disabled = false;
     }
