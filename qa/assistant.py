@@ -111,7 +111,7 @@ class Assistant:
         """Load the index, building it from the articles folder first if there is none.
 
         An index made by another model or an older format is rebuilt from the articles; the old
-        version stays on disk, and live, until the new one is complete.
+        version answers nothing meanwhile but stays on disk until the new one is complete.
         """
         try:
             self.load()
@@ -267,7 +267,7 @@ class Assistant:
         return result
 
     def cached(self, question: str, top_k: int | None = None, mode: Mode | None = None) -> Result | None:
-        """What `ask` answers if the same question was asked of this index lately, else None; takes microseconds."""
+        """What `ask` answers if the same question was asked of this index lately, else None; no model or index work."""
         started = time.perf_counter()
         return self._cached(self._key(question, top_k, mode)[1], question, started)
 

@@ -206,8 +206,10 @@ def build(settings: Settings, embedder: Embedder, *, full: bool = False, progres
         previous: dict[str, _Part] = {}
         if not full:
             try:
-                live = current is not None and bool(current.version) and current.version == store.current_version(index_dir)
-                loaded = current if live and current is not None else store.load(index_dir)
+                if current is not None and current.version and current.version == store.current_version(index_dir):
+                    loaded = current
+                else:
+                    loaded = store.load(index_dir)
                 store.check_compatible(loaded.manifest, expected)
                 previous = _parts_of(loaded)
             except IndexMissing:
