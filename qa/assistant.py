@@ -18,7 +18,8 @@ from .documents import Document
 from .embedding import Embedder, create
 from .errors import DocumentError, DocumentNotFound, IndexIncompatible, IndexMissing, QuestionError
 from .indexing import BuildReport
-from .retrieval import MODES, Hit, Lexicon, Mode, Retriever, tidy
+from .lexical import Lexicon
+from .retrieval import MODES, Hit, Mode, Retriever, tidy
 from .store import IndexData
 
 UPLOAD_SUFFIXES = (".txt", ".md")

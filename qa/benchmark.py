@@ -210,7 +210,6 @@ class TimedEmbedder:
         self.name = inner.name
         self.seconds = 0.0
         self.texts = 0
-        self.span_calls = 0
         if hasattr(inner, "embed_spans"):  # only then may indexing find and use it
             self.embed_spans = self._embed_spans
 
@@ -221,7 +220,6 @@ class TimedEmbedder:
         finally:
             self.seconds += time.perf_counter() - started
             self.texts += len(texts)
-            self.span_calls += 1
 
     @property
     def dimension(self) -> int:
@@ -276,17 +274,7 @@ def measure_build(settings: Settings, embedder: Any, log: Log) -> dict[str, Any]
         f"({report.passages / seconds:.1f} passages/s; embedding {timed.seconds:.1f}s)")
     result = {"assistant": assistant, "timed": timed, "seconds": seconds, "documents": report.documents,
               "passages": report.passages, "sentences": len(data.sentences), "embed_seconds": timed.seconds,
-              "passages_per_s": report.passages / seconds, "in_context": timed.span_calls > 0}
-    if not result["in_context"] and hasattr(embedder, "embed_spans"):
-        # What the build would take if sentence vectors came from the passages' own forward pass.
-        spans = [[(s - c.start, e - c.start) for s, e in c.sentences] for c in data.chunks]
-        started = time.perf_counter()
-        embedder.embed_spans([c.text for c in data.chunks], spans)
-        in_context = time.perf_counter() - started
-        result["projected_seconds"] = seconds - timed.seconds + in_context
-        result["projected_passages_per_s"] = report.passages / result["projected_seconds"]
-        log(f"with in-context sentence vectors the embedding would take {in_context:.1f}s: a build of "
-            f"{result['projected_seconds']:.1f}s ({result['projected_passages_per_s']:.1f} passages/s)")
+              "passages_per_s": report.passages / seconds}
     return result
 
 
@@ -605,9 +593,6 @@ def evaluate_targets(r: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
     if "torch_passages_per_s" in r:
         ratio = r["build"]["passages_per_s"] / r["torch_passages_per_s"]
         text = f"{r['build']['passages_per_s']:.1f} / {r['torch_passages_per_s']:.1f} passages/s = {ratio:.2f}x"
-        if "projected_passages_per_s" in r["build"]:
-            text += (f" (projected with in-context sentence vectors: "
-                     f"{r['build']['projected_passages_per_s'] / r['torch_passages_per_s']:.2f}x)")
         rows.append((TARGETS_TEXT["build"], text, ratio >= 2.0))
     if r.get("quality"):
         gaps = {name: q["fast"] - q["torch"] for name, q in r["quality"].items()}
@@ -635,10 +620,6 @@ def render(r: dict[str, Any]) -> str:
     b = r["build"]
     lines.append(f"| full build ({b['passages']:,} passages + {b['sentences']:,} sentence vectors) | {b['seconds']:.1f} s, "
                  f"{b['passages_per_s']:.1f} passages/s (embedding {b['embed_seconds']:.1f} s) |")
-    if "projected_seconds" in b:
-        lines.append(f"| projected full build with in-context sentence vectors (`embed_spans`: one forward pass per "
-                     f"passage; not yet used by indexing) | {b['projected_seconds']:.1f} s, "
-                     f"{b['projected_passages_per_s']:.1f} passages/s |")
     if "torch_passages_per_s" in r:
         lines.append(f"| sentence-transformers torch, same passages, batch {r['batch_size']} | "
                      f"{r['torch_seconds']:.1f} s, {r['torch_passages_per_s']:.1f} passages/s |")

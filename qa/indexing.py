@@ -147,10 +147,8 @@ def embed_documents(docs: list[Document], settings: Settings, embedder: Embedder
     split = [split_document(doc, settings) for doc in docs]
     chunks = [c for doc_chunks, _, _ in split for c in doc_chunks]
     sentence_texts = [doc.text[s:e] for doc, (_, spans, _) in zip(docs, split) for s, e in spans]
-    in_context = getattr(embedder, "embed_spans", None)
-    if in_context is not None and chunks:
-        passage_vectors, sentence_vectors = _in_context(docs, split, chunks, sentence_texts, in_context, embedder,
-                                                        progress)
+    if hasattr(embedder, "embed_spans") and chunks:
+        passage_vectors, sentence_vectors = _in_context(docs, split, chunks, sentence_texts, embedder, progress)
     else:
         texts = [c.text for c in chunks] + sentence_texts
         vectors = embedder.embed(texts, progress=progress) if texts else np.zeros((0, embedder.dimension), np.float32)
@@ -166,11 +164,11 @@ def embed_documents(docs: list[Document], settings: Settings, embedder: Embedder
 
 
 def _in_context(docs: list[Document], split: list[tuple[list[Chunk], list[tuple[int, int]], list[tuple[int, int]]]],
-                chunks: list[Chunk], sentence_texts: list[str], embed_spans: Callable[..., Any], embedder: Embedder,
+                chunks: list[Chunk], sentence_texts: list[str], embedder: Any,
                 progress: bool) -> tuple[np.ndarray, np.ndarray]:
     """Passage vectors, and sentence vectors pooled from the first passage that holds each sentence."""
     relative = [[(s - c.start, e - c.start) for s, e in c.sentences] for c in chunks]
-    passage_vectors, pooled = embed_spans([c.text for c in chunks], relative, progress=progress)
+    passage_vectors, pooled = embedder.embed_spans([c.text for c in chunks], relative, progress=progress)
     sentence_vectors = np.zeros((len(sentence_texts), embedder.dimension), dtype=np.float32)
     filled = np.zeros(len(sentence_texts), dtype=bool)
     at, base = 0, 0

@@ -21,7 +21,7 @@ import numpy as np
 
 from . import lexical
 from .chunking import Chunk
-from .lexical import B, K1, Lexicon, Terms  # noqa: F401  (Terms: re-exported for callers of this module)
+from .lexical import B, K1, Lexicon
 from .store import IndexData
 
 Mode = Literal["hybrid", "dense", "lexical"]

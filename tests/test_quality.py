@@ -12,7 +12,8 @@ import pytest
 from qa import answer as answering
 from qa import evaluation
 from qa.assistant import Assistant
-from qa.retrieval import Lexicon, Retriever, Terms, _zscores, tidy
+from qa.lexical import Lexicon, Terms
+from qa.retrieval import Retriever, _zscores, tidy
 
 from .conftest import REPO, SEEDS, make_settings
 
