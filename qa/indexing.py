@@ -202,6 +202,7 @@ def build(settings: Settings, embedder: Embedder, *, full: bool = False, progres
         files = documents.article_files(settings.docs_dir)
         expected = store.compatibility(model_tag(settings), None, chunking_settings(settings))
         previous: dict[str, _Part] = {}
+        base: IndexData | None = None  # the version this build starts from, if any
         if not full:
             try:
                 if current is not None and current.version and current.version == store.current_version(index_dir):
@@ -210,6 +211,7 @@ def build(settings: Settings, embedder: Embedder, *, full: bool = False, progres
                     loaded = store.load(index_dir)
                 store.check_compatible(loaded.manifest, expected)
                 previous = _parts_of(loaded)
+                base = loaded
             except IndexMissing:
                 full = True
             except (IndexIncompatible, IndexCorrupt) as exc:
@@ -242,6 +244,7 @@ def build(settings: Settings, embedder: Embedder, *, full: bool = False, progres
             log(f"embedding {len(changed)} article(s)")
         new_parts = embed_documents(changed, settings, embedder, progress, lexicon)
         data = assemble(kept + new_parts, embedder.dimension)
-        version = store.write(index_dir, data, {"model": model_tag(settings), "chunking": chunking_settings(settings)})
+        version = store.write(index_dir, data, {"model": model_tag(settings), "chunking": chunking_settings(settings)},
+                              base)
         return BuildReport(version, len(data.documents), len(data.chunks), [d.doc_id for d in changed], removed,
                            skipped, time.perf_counter() - started, full, store.written(index_dir, version, data))
