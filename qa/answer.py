@@ -137,12 +137,18 @@ class SentenceScore:
     kind_match: bool | None = None  # holds the kind of answer asked for; None if no kind is asked
 
 
+# A sentence that may answer: passage number, sentence row, cosine, coverage, its score without the answer kind, text.
+_Candidate = tuple[int, int, float, float, float, str]
+
+
 def score_sentences(query: np.ndarray, terms: list[str], hits: list[Hit], data: IndexData, retriever: Retriever,
                     passages: int = PASSAGES, dense_weight: float = DENSE, question: str = "",
-                    type_weight: float = TYPE, rank_weight: float = RANK) -> list[SentenceScore]:
-    """Score each sentence of the top passages by meaning, shared rare words, answer kind and rank.
+                    type_weight: float = TYPE, rank_weight: float = RANK,
+                    best_only: bool = False) -> list[SentenceScore]:
+    """Score each sentence of the top passages by meaning, shared rare words, answer kind and rank; best first.
 
-    `question` defaults to the text `terms` came from (Lexicon.terms keeps it).
+    `question` defaults to the text `terms` came from (Lexicon.terms keeps it). With `best_only` the list
+    holds the best sentence alone, and the answer kind is checked in no more sentences than that takes.
     """
     question = question or getattr(terms, "text", "")
     form = set(retriever.lexicon.terms(" ".join(form_words(question)))) if question else set()
@@ -150,7 +156,8 @@ def score_sentences(query: np.ndarray, terms: list[str], hits: list[Hit], data: 
     weights = {t: retriever.idf.get(t, retriever.default_idf) for t in content}
     total = sum(weights.values())
     kind = answer_kind(question) if question else None
-    scored = []
+    asked = set(terms)
+    candidates: list[_Candidate] = []
     seen: set[int] = set()
     for number, hit in enumerate(hits[:passages]):
         first, last = data.chunk_sentences[hit.row]
@@ -158,28 +165,57 @@ def score_sentences(query: np.ndarray, terms: list[str], hits: list[Hit], data: 
         seen.update(rows)
         if not rows:
             continue
-        dense = data.sentence_vectors[rows] @ query
-        for row, cosine in zip(rows, dense):
+        cosines = (data.sentence_vectors[rows] @ query).tolist()  # Python floats: what float() of each gives
+        for row, cosine in zip(rows, cosines):
             doc_id, start, end = data.sentences[row]
             doc = data.documents[doc_id]
             text = doc.text[start:end]
             present = retriever.sentence_terms[row]
             # A headline, or a sentence made only of the question's own words, answers nothing.
-            if text == doc.title or not present - set(terms):
+            if text == doc.title or present <= asked:
                 continue
             coverage = sum(w for t, w in weights.items() if t in present) / total if total else 0.0
-            match = holds_kind(kind, text, question)
-            score = (dense_weight * float(cosine) + (1 - dense_weight) * coverage
-                     + (type_weight if match else 0.0) - rank_weight * number)
-            scored.append(SentenceScore(number, row, float(cosine), coverage, score, match))
-    scored.sort(key=lambda s: (-s.score, s.passage, s.row))
+            partial = dense_weight * cosine + (1 - dense_weight) * coverage
+            candidates.append((number, row, cosine, coverage, partial, text))
+    # Checking the answer kind (a regex search of the sentence) is the slow part, and it can only add
+    # type_weight. For the best sentence alone, sentences are checked in the order of the best score each could
+    # reach: once the next one could not beat the best found, none after it could either.
+    bonus = max(type_weight, 0.0) if kind else 0.0
+
+    def reach(candidate: _Candidate) -> tuple[float, int, int]:
+        """The best sort key (see _order) the candidate's score could have."""
+        number, row, _, _, partial, _ = candidate
+        return -(partial + bonus - rank_weight * number), number, row
+
+    if best_only:
+        candidates.sort(key=reach)
+    scored: list[SentenceScore] = []
+    best: SentenceScore | None = None
+    for candidate in candidates:
+        if best_only and best is not None and reach(candidate) >= _order(best):
+            break
+        number, row, cosine, coverage, partial, text = candidate
+        match = holds_kind(kind, text, question)
+        score = partial + (type_weight if match else 0.0) - rank_weight * number
+        scored.append(SentenceScore(number, row, cosine, coverage, score, match))
+        if best is None or _order(scored[-1]) < _order(best):
+            best = scored[-1]
+    if best_only:
+        return [] if best is None else [best]
+    scored.sort(key=_order)
     return scored
+
+
+def _order(sentence: SentenceScore) -> tuple[float, int, int]:
+    """Sort key of scored sentences: best first, ties in passage and sentence order."""
+    return -sentence.score, sentence.passage, sentence.row
 
 
 def choose(query: np.ndarray, terms: list[str], hits: list[Hit], data: IndexData, retriever: Retriever,
            threshold: float, question: str = "", evidence: float = EVIDENCE, mismatch: float = MISMATCH) -> Answer | None:
     """The best sentence if it clears the threshold; None means the articles do not answer."""
-    scored = score_sentences(query, terms, hits, data, retriever, question=question or getattr(terms, "text", ""))
+    scored = score_sentences(query, terms, hits, data, retriever, question=question or getattr(terms, "text", ""),
+                             best_only=True)
     if not scored:
         return None
     best = scored[0]

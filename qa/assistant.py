@@ -25,6 +25,8 @@ from .store import IndexData
 UPLOAD_SUFFIXES = (".txt", ".md")
 MAX_NAME_CHARS = 120
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+# A lone surrogate (a JSON "\\ud800" escape, say): it cannot be encoded as UTF-8.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -244,7 +246,7 @@ class Assistant:
         text = question.strip() if isinstance(question, str) else ""
         if not text:
             raise QuestionError("the question is empty; type a question about the articles")
-        if any("\ud800" <= ch <= "\udfff" for ch in text):
+        if _SURROGATE.search(text):
             raise QuestionError("the question holds bytes that are not UTF-8 text; type it again")
         if len(text) > self.settings.max_question_chars:
             raise QuestionError(f"the question is {len(text)} characters long; the limit is {self.settings.max_question_chars}")

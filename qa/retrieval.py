@@ -29,8 +29,12 @@ MODES: tuple[Mode, ...] = ("hybrid", "dense", "lexical")
 Fusion = Literal["zscore", "rrf"]
 FUSIONS: tuple[Fusion, ...] = ("zscore", "rrf")
 _WORD = re.compile(r"\w+")
+# Each ASCII byte that _WORD matches as itself, every other byte as a space (see _text_key).
+_ASCII_WORDS = bytes(c if c < 128 and _WORD.fullmatch(chr(c)) else 32 for c in range(256))
 # How deep each ranker looks before fusion; fusion only reorders what either one found.
 _DEPTH = 100
+# Hits made ready first (see Retriever._hits): with top_k=5, tidy read at most 7 on 300 SQuAD dev questions.
+_FIRST_HITS = 10
 # Shares within the two halves of the hybrid weight (see module docstring).
 SENTENCE_SHARE = 2 / 3  # of the dense half: best sentence's cosine (the rest: the passage's)
 ARTICLE_SHARE = 1 / 3  # of the lexical half: the article's BM25 (the rest: the passage's)
@@ -55,8 +59,8 @@ class Hit:
 
 def _zscores(values: np.ndarray) -> np.ndarray:
     """Z-scores along the last axis: each row of a 2-D array on its own (zeros where a row does not vary)."""
-    spread = values.std(axis=-1, keepdims=True)
     centred = values - values.mean(axis=-1, keepdims=True)
+    spread = np.sqrt(np.square(centred).mean(axis=-1, keepdims=True))  # values.std(), without a second mean
     return np.divide(centred, spread, out=np.zeros_like(values), where=spread > 1e-9)
 
 
@@ -65,11 +69,13 @@ def best_rows(scores: np.ndarray, depth: int) -> np.ndarray:
     rows = np.flatnonzero(scores > 0)
     if depth <= 0:
         return rows[:0]
+    found = scores[rows]
     if len(rows) > depth:
         # Only scores at or above the depth-th best can be among the best: sort those, not every passage.
-        cutoff = np.partition(scores[rows], len(rows) - depth)[len(rows) - depth]
-        rows = rows[scores[rows] >= cutoff]
-    return rows[np.argsort(-scores[rows], kind="stable")][:depth]
+        cutoff = np.partition(found, len(rows) - depth)[len(rows) - depth]
+        keep = found >= cutoff
+        rows, found = rows[keep], found[keep]
+    return rows[np.argsort(-found, kind="stable")][:depth]
 
 
 def _bm25(index: Any, terms: list[str], n: int) -> np.ndarray:
@@ -150,27 +156,36 @@ class Retriever:
 
     def sentence_scores(self, query: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """For each passage row, the best cosine between the question and one of its sentences."""
-        if len(rows) == 0:
-            return np.zeros(0, dtype=np.float32)
-        spans = self._sentence_rows[rows]
-        if np.any(spans[:, 1] <= spans[:, 0]):  # a passage without sentences: only its own cosine
-            return (self.data.vectors[rows] @ query).astype(np.float32)
-        lengths = spans[:, 1] - spans[:, 0]
-        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-        cosines = self.data.sentence_vectors[_ranges(spans[:, 0], lengths)] @ query
-        return np.maximum.reduceat(cosines, starts).astype(np.float32)
+        return self._best_cosines(query, rows, *self._sentences_of(rows))
 
     def sentence_coverage(self, terms: list[str], rows: np.ndarray) -> np.ndarray:
         """For each passage row, the largest IDF-weighted share of the question's terms one sentence holds."""
-        weights = {t: self.idf.get(t, self.default_idf) for t in set(terms)}
-        total = sum(weights.values())
-        out = np.zeros(len(rows), dtype=np.float32)
+        return self._best_coverage(terms, *self._sentences_of(rows))
+
+    def _sentences_of(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The sentence rows of these passage rows, one passage after another, and how many each passage has."""
         spans = self._sentence_rows[rows]
         lengths = spans[:, 1] - spans[:, 0]
+        return _ranges(spans[:, 0], lengths), lengths
+
+    def _best_cosines(self, query: np.ndarray, rows: np.ndarray, sentences: np.ndarray,
+                      lengths: np.ndarray) -> np.ndarray:
+        """sentence_scores, given _sentences_of(rows)."""
+        if len(rows) == 0:
+            return np.zeros(0, dtype=np.float32)
+        if np.any(lengths <= 0):  # a passage without sentences: only its own cosine
+            return (self.data.vectors[rows] @ query).astype(np.float32)
+        cosines = self.data.sentence_vectors[sentences] @ query
+        return np.maximum.reduceat(cosines, np.cumsum(lengths) - lengths).astype(np.float32)
+
+    def _best_coverage(self, terms: list[str], sentences: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """sentence_coverage, given _sentences_of(rows)."""
+        weights = {t: self.idf.get(t, self.default_idf) for t in set(terms)}
+        total = sum(weights.values())
+        out = np.zeros(len(lengths), dtype=np.float32)
         if not total or not lengths.any():
             return out
-        # The passages' sentences, one after another, and the term ids each of them holds.
-        sentences = _ranges(spans[:, 0], lengths)
+        # The term ids each of the sentences holds, one sentence after another.
         offsets = self._sentence_ids.offsets
         counts = offsets[sentences + 1] - offsets[sentences]
         ids = self._sentence_ids.ids[_ranges(offsets[sentences], counts)]
@@ -179,10 +194,11 @@ class Retriever:
         # Fancy-index addition adds a term's weight to a sentence once, however often the sentence lists it.
         shares = np.zeros(len(sentences))
         for term, weight in weights.items():
-            shares[sentence_of[ids == self._term_id(term)]] += weight
+            term_id = self._term_id(term)
+            if term_id >= 0:  # a term no text has is in no sentence
+                shares[sentence_of[ids == term_id]] += weight
         has = lengths > 0
-        starts = np.concatenate([[0], np.cumsum(lengths[has])[:-1]])
-        out[has] = np.maximum.reduceat(shares, starts) / total
+        out[has] = np.maximum.reduceat(shares, (np.cumsum(lengths) - lengths)[has]) / total
         return out
 
     def _term_id(self, term: str) -> int:
@@ -222,13 +238,14 @@ class Retriever:
             found = lexical_all[lexical_rows]
             return self._hits(lexical_rows, found, None, found, None, None, None, None)
         assert query is not None
-        rows = np.unique(np.concatenate([dense_rows, lexical_rows]))  # sorted: ties break by passage order
+        rows = _union(dense_rows, lexical_rows)  # sorted: ties break by passage order
         # Every candidate gets every score, so the ranking and its explanation are complete.
         dense = (self.data.vectors[rows] @ query).astype(np.float32)
-        sentence = self.sentence_scores(query, rows)
+        sentences = self._sentences_of(rows)  # both sentence signals read the same sentences
+        sentence = self._best_cosines(query, rows, *sentences)
         lexical = lexical_all[rows]
         article = self.article_scores(terms, rows)
-        coverage = self.sentence_coverage(terms, rows)
+        coverage = self._best_coverage(terms, *sentences)
         weights = (dense_weight * (1 - sentence_share), dense_weight * sentence_share,
                    (1 - dense_weight) * (1 - article_share), (1 - dense_weight) * article_share, coverage_weight)
         signals = np.array([dense, sentence, lexical, article, coverage], dtype=np.float64)
@@ -251,14 +268,23 @@ class Retriever:
               coverage: np.ndarray | None) -> Iterator[Hit]:
         # Ties break by passage order, so rankings are reproducible.
         order = np.lexsort((rows, -score))
-        columns = [None if values is None else values[order].tolist()
-                   for values in (dense, lexical, fused, sentence, article, coverage)]
-        none = [None] * len(order)
-        dense_l, lexical_l, fused_l, sentence_l, article_l, coverage_l = (none if c is None else c for c in columns)
         chunks = self.data.chunks
-        return (Hit(row, chunks[row], value, d, lx, f, st, ar, cv) for row, value, d, lx, f, st, ar, cv
-                in zip(rows[order].tolist(), score[order].tolist(), dense_l, lexical_l, fused_l, sentence_l,
-                       article_l, coverage_l))
+        # Tidy usually stops within the first few hits: Python values for those first, for the rest if it goes on.
+        for block in (order[:_FIRST_HITS], order[_FIRST_HITS:]):
+            none = [None] * len(block)
+            columns = [none if values is None else values[block].tolist()
+                       for values in (dense, lexical, fused, sentence, article, coverage)]
+            for row, value, d, lx, f, st, ar, cv in zip(rows[block].tolist(), score[block].tolist(), *columns):
+                yield Hit(row, chunks[row], value, d, lx, f, st, ar, cv)
+
+
+def _union(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The values in either array, ascending, each once: np.union1d's answer, several times faster on a few hundred."""
+    values = np.concatenate([a, b])
+    values.sort()
+    first = np.ones(len(values), dtype=bool)
+    first[1:] = values[1:] != values[:-1]
+    return values[first]
 
 
 def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -276,6 +302,15 @@ def _overlap(a: Chunk, b: Chunk) -> float:
     return max(common, 0) / max(min(a.end - a.start, b.end - b.start), 1)
 
 
+def _text_key(text: str) -> str:
+    """The text's words, lower-case, one space apart: the same for texts that differ only in case and punctuation."""
+    lower = text.lower()
+    if lower.isascii():
+        # What the regex below gives, worked out byte by byte: about three times faster on a passage.
+        return b" ".join(lower.encode("ascii").translate(_ASCII_WORDS).split()).decode("ascii")
+    return " ".join(_WORD.findall(lower))
+
+
 def tidy(hits: Iterable[Hit], top_k: int, max_per_doc: int) -> list[Hit]:
     """Drop near-duplicates (overlapping passages, repeated text) and cap passages per article."""
     kept: list[Hit] = []
@@ -287,7 +322,7 @@ def tidy(hits: Iterable[Hit], top_k: int, max_per_doc: int) -> list[Hit]:
             continue
         if any(_overlap(hit.chunk, other.chunk) > 0.5 for other in kept):
             continue
-        key = " ".join(_WORD.findall(hit.chunk.text.lower()))
+        key = _text_key(hit.chunk.text)
         if key in seen_text:
             continue
         kept.append(hit)

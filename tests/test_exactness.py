@@ -1,8 +1,10 @@
 """The fast paths of a question give exactly what the straightforward computation gives (fake embedder).
 
 The retriever takes the best BM25 passages without sorting every passage, adds BM25 columns without
-np.add.at, computes sentence coverage on term ids and makes Hit objects only as tidy reaches them; /ask
-serialises its body itself. Each is compared here, float for float and byte for byte, with the plain way.
+np.add.at, computes sentence coverage on term ids and makes Hit objects only as tidy reaches them; tidy
+compares ASCII passages byte by byte; the answer step checks the answer kind only of sentences that could
+still be the best; /ask serialises its body itself. Each is compared here, float for float and byte for
+byte, with the plain way.
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import TypeAdapter
 
+from qa import answer as answering
 from qa import serialize
 from qa.api import AskResponse, create_app
 from qa.assistant import Assistant
-from qa.retrieval import ARTICLE_SHARE, COVERAGE_WEIGHT, SENTENCE_SHARE, Retriever, best_rows, tidy
+from qa.retrieval import _WORD, ARTICLE_SHARE, COVERAGE_WEIGHT, SENTENCE_SHARE, Retriever, _text_key, best_rows, tidy
 
 from .conftest import REPO
 
@@ -125,6 +128,27 @@ def test_lazy_ranking_gives_the_same_tidy_result_as_the_full_list(seeded: Assist
         for top_k, per_doc in ((1, 1), (5, 3), (50, 3)):
             full = tidy(retriever.search(query, question), top_k, per_doc)
             assert tidy(retriever.ranked(query, question, terms=terms), top_k, per_doc) == full
+
+
+def test_text_key_is_the_regex_key() -> None:
+    texts = ["", "  ", "!?", "Hello,  World!", "a_b c-d\te\nf", "İstanbul and ǅemal", "Straße ﬁve", "x\u00a0y\u2003z",
+             "ASCII only: 1,200 tonnes (2024).", "déjà vu", "\x1c\x1dA\x85b", "١٢٣ abc"]
+    for text in texts + [chr(c) * 3 + " x" for c in range(0, 0x2100, 7)]:
+        assert _text_key(text) == " ".join(_WORD.findall(text.lower())), repr(text)
+
+
+@pytest.mark.parametrize("weights", [{}, {"type_weight": 0.0}, {"type_weight": -0.3}, {"type_weight": 2.0},
+                                     {"rank_weight": 0.0, "passages": 5}])
+def test_best_sentence_alone_is_the_first_of_the_full_scoring(seeded: Assistant, weights: dict) -> None:
+    snapshot = seeded.snapshot()
+    retriever = snapshot.retriever
+    for question in QUESTIONS + ODD_QUESTIONS:
+        query = seeded.embedder.embed([question])[0]
+        terms = retriever.lexicon.terms(question)
+        hits = tidy(retriever.ranked(query, question, terms=terms), 5, 3)
+        full = answering.score_sentences(query, terms, hits, snapshot.data, retriever, **weights)
+        alone = answering.score_sentences(query, terms, hits, snapshot.data, retriever, best_only=True, **weights)
+        assert alone == full[:1], question
 
 
 @pytest.fixture(scope="module")
