@@ -37,7 +37,7 @@ class Settings:
     # Answers whose confidence (best sentence score + 2 x the top passage's cosine, see qa/answer.py)
     # is below this are not offered; the page says nothing answers. Calibrated on training questions.
     answer_threshold: float = 1.46
-    batch_size: int = 32
+    batch_size: int | None = None  # texts per forward pass when indexing; None: the backend's own default
     max_question_chars: int = 1000
     max_upload_bytes: int = 1_000_000
     cache_size: int = 256

@@ -12,7 +12,7 @@ from . import documents, lexical, store
 from .chunking import Chunk, chunk_text, sentence_units
 from .config import Settings
 from .documents import Document
-from .embedding import Embedder
+from .embedding import EXPORT_VERSION, Embedder
 from .errors import DocumentError, IndexCorrupt, IndexIncompatible, IndexMissing
 from .lexical import IndexTerms, Lexicon
 from .store import IndexData
@@ -57,11 +57,12 @@ def model_tag(settings: Settings) -> str:
     """The model as the manifest records it: vectors from different backends are not mixed.
 
     The ONNX backends pool sentence vectors from their passages' forward pass (embed_documents),
-    which the tag says too, so an index with sentence vectors embedded alone is rebuilt.
+    which the tag says too, so an index with sentence vectors embedded alone is rebuilt. So does the
+    export recipe's version: another recipe gives slightly different vectors.
     """
     if settings.model.startswith("fake-") or settings.backend == "torch":
         return settings.model
-    return f"{settings.model} ({settings.backend}, sentences in context)"
+    return f"{settings.model} ({settings.backend}, export {EXPORT_VERSION}, sentences in context)"
 
 
 def split_document(doc: Document, settings: Settings) -> tuple[list[Chunk], list[tuple[int, int]], list[tuple[int, int]]]:

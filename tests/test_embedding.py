@@ -76,7 +76,10 @@ def test_onnx_matches_torch(cache: Path, reference: np.ndarray, quantize: bool) 
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     cosine = (vectors * reference).sum(axis=1)
     if quantize:
-        assert cosine.min() > 0.98 and cosine.mean() > 0.99, cosine
+        # The one-word text is the one int8 moves most (0.973 with the FFN output projections in int8 but
+        # their outlier channels in float; 0.982 with those projections all float). Retrieval quality is
+        # held to torch's by `qa bench` (dense nDCG@10 within 0.005).
+        assert cosine.min() > 0.97 and cosine.mean() > 0.99, cosine
     else:
         assert np.abs(vectors - reference).max() < 1e-4
 
@@ -136,3 +139,41 @@ def test_span_vectors_come_from_the_same_pass(cache: Path) -> None:
     assert similarity[0, 0] > similarity[0, 1] and similarity[1, 1] > similarity[1, 0]
     # A span the tokenizer cut off is embedded on its own.
     assert np.allclose(span_vectors[1][0], model.embed([long[-33:]])[0], atol=1e-5)
+
+
+def test_outlier_split_gives_the_same_products_and_keeps_outliers_out_of_the_int8_weights() -> None:
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weight = rng.normal(size=(6, 4)).astype(np.float32)
+    name = "/model/encoder/layer.0/output/dense/MatMul"
+    graph = helper.make_model(helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name=name)], "toy",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 4])],
+        [numpy_helper.from_array(weight, "w")]), opset_imports=[helper.make_opsetid("", 17)])
+
+    kept_float = embedding._split_outliers(graph, {name: np.array([1, 4])})
+
+    assert kept_float == ["/model/encoder/layer.0/output/dense/outliers/MatMul"]
+    main = numpy_helper.to_array(next(i for i in graph.graph.initializer if i.name == "w"))
+    assert not main[[1, 4]].any() and np.array_equal(main[[0, 2, 3, 5]], weight[[0, 2, 3, 5]])
+    onnx.checker.check_model(graph)
+    x = rng.normal(size=(1, 3, 6)).astype(np.float32)
+    x[..., 4] *= 40  # an outlier channel
+    session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"x": x})[0], x @ weight, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.model
+def test_the_int8_export_finds_outlier_channels_on_the_packaged_model(cache: Path) -> None:
+    import onnx
+
+    OnnxEmbedder(cache_dir=cache).embed(["make sure the export exists"])
+    graph = onnx.load(str(export_folder(PACKAGED_MODEL, True, cache) / "model.onnx"), load_external_data=False)
+    split = {node.name for node in graph.graph.node if node.name.endswith("/outliers/MatMul")}
+    # Every layer's FFN output projection has a few channels far above the rest (see _OUTLIER_RATIO).
+    assert len(split) == 6
+    assert all(node.op_type == "MatMul" for node in graph.graph.node if node.name in split)  # kept in float
