@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import Any, Callable
 
 import numpy as np
@@ -38,14 +42,18 @@ class BuildReport:
 
 @dataclass
 class _Part:
-    """One article's share of an index version."""
+    """A run of articles that are consecutive in id order, and their share of an index version.
 
-    doc: Document
+    A run carried over from the live version is sliced out of its arrays whole, so an update costs
+    a few slices per added, changed or removed article, not a few per article in the index.
+    """
+
+    docs: list[Document]
     chunks: list[Chunk]
     vectors: np.ndarray
-    sentences: list[tuple[int, int]]
+    sentences: list[tuple[str, int, int]]  # (doc_id, start, end), as in IndexData
     sentence_vectors: np.ndarray
-    chunk_sentences: list[tuple[int, int]]  # relative to this article's sentences
+    chunk_sentences: list[tuple[int, int]]  # relative to this part's sentences
     terms: IndexTerms | None  # None until tokenised (an index stored without terms)
 
 
@@ -74,67 +82,111 @@ def split_document(doc: Document, settings: Settings) -> tuple[list[Chunk], list
     return chunks, [(s, e) for s, e, _ in units], ranges
 
 
-def _parts_of(data: IndexData) -> dict[str, _Part]:
-    """Cut a loaded index back into per-article parts, so unchanged ones are reused as they are."""
-    parts: dict[str, _Part] = {}
-    sentence_rows: dict[str, list[int]] = {}
-    for row, (doc_id, _, _) in enumerate(data.sentences):
-        sentence_rows.setdefault(doc_id, []).append(row)
-    chunk_rows: dict[str, list[int]] = {}
-    for row, chunk in enumerate(data.chunks):
-        chunk_rows.setdefault(chunk.doc_id, []).append(row)
-    for number, (doc_id, doc) in enumerate(data.documents.items()):
-        rows = chunk_rows.get(doc_id, [])
-        srows = sentence_rows.get(doc_id, [])
-        base = srows[0] if srows else 0
-        terms = None
-        if data.terms is not None:
-            # An article's passages and sentences are consecutive rows (see assemble).
-            first = rows[0] if rows else 0
-            terms = data.terms.article(number, (first, first + len(rows)), (base, base + len(srows)))
-        parts[doc_id] = _Part(
-            doc=doc,
-            chunks=[data.chunks[r] for r in rows],
-            vectors=data.vectors[rows],
-            sentences=[(data.sentences[r][1], data.sentences[r][2]) for r in srows],
-            sentence_vectors=data.sentence_vectors[srows],
-            chunk_sentences=[(data.chunk_sentences[r][0] - base, data.chunk_sentences[r][1] - base) for r in rows],
-            terms=terms,
-        )
+def _article_rows(data: IndexData) -> tuple[list[int], list[int]]:
+    """Where each article's passage and sentence rows start, and where the last ends (article i: [at[i], at[i + 1]))."""
+    ids = list(data.documents)
+    return (_bounds(ids, [chunk.doc_id for chunk in data.chunks], "passages"),
+            _bounds(ids, [doc_id for doc_id, _, _ in data.sentences], "sentences"))
+
+
+def _bounds(ids: list[str], owners: list[str], what: str) -> list[int]:
+    counts = Counter(owners)
+    # assemble groups rows by article in id order; anything else is not an index this code wrote.
+    if owners != [doc_id for doc_id in ids for _ in range(counts.get(doc_id, 0))]:
+        raise IndexCorrupt(f"the index's {what} are not grouped by article in id order")
+    return [0, *accumulate(counts.get(doc_id, 0) for doc_id in ids)]
+
+
+def _parts_of(data: IndexData, rows: tuple[list[int], list[int]], kept: set[str], added: set[str]) -> list[_Part]:
+    """The `kept` articles of a loaded index as runs, cut wherever an article leaves or an `added` one comes between.
+
+    `rows` is _article_rows(data).
+    """
+    ids = list(data.documents)
+    added_ids = sorted(added)
+    parts: list[_Part] = []
+    first: int | None = None  # the first article of the run being grown
+    for number, doc_id in enumerate([*ids, None]):  # None: past the last article, ends the last run
+        joins = (first is not None and doc_id in kept
+                 and bisect_left(added_ids, doc_id) == bisect_left(added_ids, ids[number - 1]))
+        if first is not None and not joins:
+            parts.append(_run(data, ids, first, number, *rows))
+            first = None
+        if first is None and doc_id in kept:
+            first = number
     return parts
 
 
-def assemble(parts: list[_Part], dimension: int) -> IndexData:
-    """Concatenate per-article parts, in id order, into one index's arrays, terms and bm25s indexes."""
-    parts = sorted(parts, key=lambda p: p.doc.doc_id)
-    if any(p.terms is None for p in parts):
-        raise ValueError("every article needs its terms before assembling (see tokenise_missing)")
-    terms = lexical.merge([p.terms for p in parts if p.terms is not None])
-    chunks, sentences, chunk_sentences = [], [], []
-    for part in parts:
-        base = len(sentences)
-        chunks.extend(part.chunks)
-        sentences.extend((part.doc.doc_id, s, e) for s, e in part.sentences)
-        chunk_sentences.extend((first + base, last + base) for first, last in part.chunk_sentences)
-    empty = np.zeros((0, dimension), dtype=np.float32)
-    return IndexData(
-        documents={p.doc.doc_id: p.doc for p in parts},
-        chunks=chunks,
-        vectors=np.concatenate([p.vectors for p in parts] or [empty]).astype(np.float32),
-        sentences=sentences,
-        sentence_vectors=np.concatenate([p.sentence_vectors for p in parts] or [empty]).astype(np.float32),
-        chunk_sentences=chunk_sentences,
+def _run(data: IndexData, ids: list[str], first: int, last: int, chunk_at: list[int],
+         sentence_at: list[int]) -> _Part:
+    """Articles [first, last) of a loaded index as one part: slices of its lists and arrays."""
+    c0, c1, s0, s1 = chunk_at[first], chunk_at[last], sentence_at[first], sentence_at[last]
+    terms = None
+    if data.terms is not None:
+        terms = data.terms.share((first, last), (c0, c1), (s0, s1))
+    return _Part(
+        docs=[data.documents[doc_id] for doc_id in ids[first:last]],
+        chunks=data.chunks[c0:c1],
+        vectors=data.vectors[c0:c1],
+        sentences=data.sentences[s0:s1],
+        sentence_vectors=data.sentence_vectors[s0:s1],
+        chunk_sentences=_shifted(data.chunk_sentences[c0:c1], -s0),
         terms=terms,
-        bm25=lexical.bm25_indexes(terms),
     )
 
 
+def _in_order(parts: list[_Part]) -> list[_Part]:
+    """The parts that hold articles, in id order; ValueError if they overlap or one lacks its terms."""
+    parts = sorted((p for p in parts if p.docs), key=lambda p: p.docs[0].doc_id)
+    if any(p.terms is None for p in parts):
+        raise ValueError("every article needs its terms before assembling (see tokenise_missing)")
+    ids = [doc.doc_id for p in parts for doc in p.docs]
+    if any(a >= b for a, b in zip(ids, ids[1:])):
+        raise ValueError("the parts overlap: each article must be in one part, and a part's articles consecutive")
+    return parts
+
+
+def merged_terms(parts: list[_Part]) -> IndexTerms:
+    """The parts' terms over one vocabulary, rows in id order: the terms assemble gives."""
+    return lexical.merge([p.terms for p in _in_order(parts) if p.terms is not None])
+
+
+def assemble(parts: list[_Part], dimension: int, terms: IndexTerms | None = None) -> IndexData:
+    """Concatenate parts, in id order, into one index's arrays and terms (`terms`: merged_terms(parts), if made).
+
+    The bm25s indexes are left to the caller: build makes them while this copies arrays and store.write writes.
+    """
+    parts = _in_order(parts)
+    chunks, sentences, chunk_sentences = [], [], []
+    for part in parts:
+        chunk_sentences.extend(_shifted(part.chunk_sentences, len(sentences)))
+        chunks.extend(part.chunks)
+        sentences.extend(part.sentences)
+    empty = np.zeros((0, dimension), dtype=np.float32)
+    return IndexData(
+        documents={doc.doc_id: doc for p in parts for doc in p.docs},
+        chunks=chunks,
+        vectors=np.concatenate([p.vectors for p in parts] or [empty]).astype(np.float32, copy=False),
+        sentences=sentences,
+        sentence_vectors=np.concatenate([p.sentence_vectors for p in parts] or [empty]).astype(np.float32, copy=False),
+        chunk_sentences=chunk_sentences,
+        terms=merged_terms(parts) if terms is None else terms,
+    )
+
+
+def _shifted(pairs: list[tuple[int, int]], by: int) -> list[tuple[int, int]]:
+    """Row ranges moved by `by` rows (the same list when by is 0, as it is for the first run of an index)."""
+    return pairs if by == 0 else [(first + by, last + by) for first, last in pairs]
+
+
 def tokenise_missing(parts: list[_Part], lexicon: Lexicon) -> int:
-    """Give the parts that have no terms (from an index stored without them) their terms; returns how many."""
+    """Give the parts that have no terms (from an index stored without them) their terms; returns how many articles."""
     missing = [part for part in parts if part.terms is None]
     for part in missing:
-        part.terms = lexical.tokenise_article(lexicon, part.doc, part.chunks, part.sentences)
-    return len(missing)
+        text = {doc.doc_id: doc.text for doc in part.docs}
+        part.terms = lexical.tokenise(lexicon, part.docs, part.chunks,
+                                      [text[doc_id][start:end] for doc_id, start, end in part.sentences])
+    return sum(len(part.docs) for part in missing)
 
 
 def embed_documents(docs: list[Document], settings: Settings, embedder: Embedder, progress: bool,
@@ -156,9 +208,9 @@ def embed_documents(docs: list[Document], settings: Settings, embedder: Embedder
         passage_vectors, sentence_vectors = vectors[:len(chunks)], vectors[len(chunks):]
     parts, p_at, s_at = [], 0, 0
     for doc, (doc_chunks, spans, ranges) in zip(docs, split):
-        parts.append(_Part(doc, doc_chunks, passage_vectors[p_at:p_at + len(doc_chunks)], spans,
-                           sentence_vectors[s_at:s_at + len(spans)], ranges,
-                           lexical.tokenise_article(lexicon, doc, doc_chunks, spans)))
+        parts.append(_Part([doc], doc_chunks, passage_vectors[p_at:p_at + len(doc_chunks)],
+                           [(doc.doc_id, start, end) for start, end in spans], sentence_vectors[s_at:s_at + len(spans)],
+                           ranges, lexical.tokenise_article(lexicon, doc, doc_chunks, spans)))
         p_at += len(doc_chunks)
         s_at += len(spans)
     return parts
@@ -202,8 +254,9 @@ def build(settings: Settings, embedder: Embedder, *, full: bool = False, progres
         store.clean_staging(index_dir)
         files = documents.article_files(settings.docs_dir)
         expected = store.compatibility(model_tag(settings), None, chunking_settings(settings))
-        previous: dict[str, _Part] = {}
+        previous: dict[str, Document] = {}  # the articles of `base`
         base: IndexData | None = None  # the version this build starts from, if any
+        rows: tuple[list[int], list[int]] = ([0], [0])  # where base's articles have their rows (_article_rows)
         if not full:
             try:
                 if current is not None and current.version and current.version == store.current_version(index_dir):
@@ -211,41 +264,48 @@ def build(settings: Settings, embedder: Embedder, *, full: bool = False, progres
                 else:
                     loaded = store.load(index_dir)
                 store.check_compatible(loaded.manifest, expected)
-                previous = _parts_of(loaded)
-                base = loaded
+                rows = _article_rows(loaded)
+                previous, base = loaded.documents, loaded
             except IndexMissing:
                 full = True
             except (IndexIncompatible, IndexCorrupt) as exc:
                 log(f"rebuilding from scratch: {exc}")
                 full = True
-        kept: list[_Part] = []
+        kept_ids: set[str] = set()
         changed: list[Document] = []
         skipped: dict[str, str] = {}
         for path in files:
             old = previous.get(path.stem)
-            if old is not None and old.doc.content_hash == documents.file_hash(path):
-                kept.append(old)
+            if old is not None and old.content_hash == documents.file_hash(path):
+                kept_ids.add(path.stem)
                 continue
             try:
                 changed.append(documents.load(path))
             except DocumentError as exc:
                 skipped[path.name] = str(exc)
                 log(f"skipped {path.name}: {exc}")
-        current_ids = {p.doc.doc_id for p in kept} | {d.doc_id for d in changed}
-        removed = sorted(set(previous) - current_ids)
+        added = {d.doc_id for d in changed}
+        removed = sorted(set(previous) - kept_ids - added)
+        kept = _parts_of(base, rows, kept_ids, added) if base is not None else []
         lexicon = Lexicon()
         # An index stored without terms (or by another lexicon) gets them now, from its texts.
         derived = tokenise_missing(kept, lexicon)
         if derived:
             log(f"derived the index terms of {derived} article(s) from their stored text")
         if previous and not changed and not removed and not derived:
-            return BuildReport(None, len(kept), sum(len(p.chunks) for p in kept), [], [], skipped,
+            return BuildReport(None, len(kept_ids), sum(len(p.chunks) for p in kept), [], [], skipped,
                                time.perf_counter() - started, full)
         if changed:
             log(f"embedding {len(changed)} article(s)")
         new_parts = embed_documents(changed, settings, embedder, progress, lexicon)
-        data = assemble(kept + new_parts, embedder.dimension)
-        version = store.write(index_dir, data, {"model": model_tag(settings), "chunking": chunking_settings(settings)},
-                              base)
-        return BuildReport(version, len(data.documents), len(data.chunks), [d.doc_id for d in changed], removed,
-                           skipped, time.perf_counter() - started, full, store.written(index_dir, version, data))
+        parts = kept + new_parts
+        terms = merged_terms(parts)
+        fields = {"model": model_tag(settings), "chunking": chunking_settings(settings)}
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            # bm25s indexes in Python, holding the GIL, while copying the arrays and writing the version is
+            # mostly memory, file I/O, hashing and FAISS, which release it: on two cores the two overlap.
+            bm25 = pool.submit(lexical.bm25_indexes, terms)
+            data = assemble(parts, embedder.dimension, terms)
+            data = store.write(index_dir, data, fields, base, bm25)
+        return BuildReport(data.version, len(data.documents), len(data.chunks), [d.doc_id for d in changed], removed,
+                           skipped, time.perf_counter() - started, full, data)

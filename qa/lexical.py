@@ -125,9 +125,9 @@ class IndexTerms:
     articles: Rows
     sentences: Rows
 
-    def article(self, number: int, passages: tuple[int, int], sentences: tuple[int, int]) -> IndexTerms:
-        """One article's share: its row among the articles and its [first, last) passage and sentence rows."""
-        return IndexTerms(self.vocabulary, self.passages.slice(*passages), self.articles.slice(number, number + 1),
+    def share(self, articles: tuple[int, int], passages: tuple[int, int], sentences: tuple[int, int]) -> IndexTerms:
+        """Some consecutive articles' share: their [first, last) article, passage and sentence rows."""
+        return IndexTerms(self.vocabulary, self.passages.slice(*passages), self.articles.slice(*articles),
                           self.sentences.slice(*sentences))
 
 

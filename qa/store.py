@@ -20,17 +20,20 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import io
 import json
 import os
 import shutil
 import time
 import uuid
+from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+import numpy.lib.format as npy
 
 from .chunking import Chunk
 from .documents import CLEANING_VERSION, Document
@@ -109,18 +112,28 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _fsync_write(path: Path, data: bytes) -> None:
+def _fsync_write(path: Path, data: bytes) -> str:
+    """Write bytes and fsync them; returns their SHA-256, hashed from memory, not read back."""
     with path.open("wb") as handle:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
+    return hashlib.sha256(data).hexdigest()
 
 
-def _fsync_array(path: Path, array: np.ndarray) -> None:
+def _fsync_array(path: Path, array: np.ndarray) -> str:
+    """Save an array as np.save would (format 1.0) and fsync it; returns the file's SHA-256, hashed from memory."""
+    array = np.ascontiguousarray(array)
+    header = io.BytesIO()
+    npy.write_array_header_1_0(header, npy.header_data_from_array_1_0(array))
+    digest = hashlib.sha256(header.getvalue())
+    digest.update(array.reshape(-1).view(np.uint8))
     with path.open("wb") as handle:
-        np.save(handle, array, allow_pickle=False)
+        handle.write(header.getvalue())
+        array.tofile(handle)
         handle.flush()
         os.fsync(handle.fileno())
+    return digest.hexdigest()
 
 
 def _fsync_file(path: Path) -> None:
@@ -132,19 +145,24 @@ def _bm25_names(kind: str) -> dict[str, str]:
     return {argument: f"bm25-{kind}.{part}" for argument, part in _BM25_PARTS.items()}
 
 
-def _write_terms(folder: Path, terms: IndexTerms, bm25: Bm25Indexes | None) -> list[str]:
-    """Save the index terms and the bm25s indexes; returns the names of the files written."""
+def _write_terms(folder: Path, terms: IndexTerms) -> dict[str, str]:
+    """Save the index terms; returns the SHA-256 of each file written, by name."""
     ids, offsets = pack(terms)
-    _fsync_write(folder / "terms.json", json.dumps({"vocabulary": list(terms.vocabulary)}, ensure_ascii=False).encode())
-    _fsync_array(folder / "term_ids.npy", ids)
-    _fsync_array(folder / "term_offsets.npy", offsets)
-    if bm25 is None:
-        return list(TERM_FILES)
+    vocabulary = json.dumps({"vocabulary": list(terms.vocabulary)}, ensure_ascii=False).encode()
+    return {"terms.json": _fsync_write(folder / "terms.json", vocabulary),
+            "term_ids.npy": _fsync_array(folder / "term_ids.npy", ids),
+            "term_offsets.npy": _fsync_array(folder / "term_offsets.npy", offsets)}
+
+
+def _write_bm25(folder: Path, bm25: Bm25Indexes) -> dict[str, str]:
+    """Save the bm25s indexes; returns the SHA-256 of each file written, by name."""
     for kind in _BM25_KINDS:
         getattr(bm25, kind).save(folder, show_progress=False, **_bm25_names(kind))
-    for filename in BM25_FILES:
+    hashes = {}
+    for filename in BM25_FILES:  # bm25s writes these itself: hashed from the files
         _fsync_file(folder / filename)
-    return list(TERM_FILES + BM25_FILES)
+        hashes[filename] = _sha256(folder / filename)
+    return hashes
 
 
 def _fsync_dir(path: Path) -> None:
@@ -191,14 +209,20 @@ def _rows_kept(base: IndexData, data: IndexData) -> np.ndarray | None:
         kept = data.documents.get(doc_id)
         if kept is None or kept.content_hash != doc.content_hash:
             return None
-    row_of = {(chunk.doc_id, chunk.position): row for row, chunk in enumerate(data.chunks)}
-    found = [row_of.get((chunk.doc_id, chunk.position)) for chunk in base.chunks]
-    if None in found:
+    # The same articles with the same texts and chunking have the same passages, in the same order.
+    found = [row for row, chunk in enumerate(data.chunks) if chunk.doc_id in base.documents]
+    same = len(found) == len(base.chunks) and all(
+        (data.chunks[row].doc_id, data.chunks[row].position) == (chunk.doc_id, chunk.position)
+        for row, chunk in zip(found, base.chunks))
+    if not same:
         return None
     rows = np.array(found, dtype=np.int64)
-    # The graph holds base's vectors: reuse it only if they are the very vectors of those rows now.
-    if not np.array_equal(base.vectors, data.vectors[rows]):
-        return None
+    # The graph holds base's vectors: reuse it only if they are the very vectors of those rows now
+    # (compared a block at a time, not gathered into a copy of the whole matrix first).
+    block = 4096
+    for at in range(0, len(rows), block):
+        if not np.array_equal(base.vectors[at:at + block], data.vectors[rows[at:at + block]]):
+            return None
     return rows
 
 
@@ -234,11 +258,29 @@ def _document_record(doc: Document, passages: int) -> dict[str, Any]:
     }
 
 
-def write(index_dir: Path, data: IndexData, settings_fields: dict[str, Any], base: IndexData | None = None) -> str:
-    """Write a new version beside the live one and make it live; returns its name.
+def _passages_json(data: IndexData) -> bytes:
+    """passages.json: what json.dumps gives for {"passages": [...], "sentences": [...]}, formatted directly.
+
+    Each passage as a dict and each sentence as a list would be 100,000 containers for the garbage
+    collector to walk, and three times as slow; tests/test_index.py checks the bytes against json.dumps.
+    """
+    quoted = {doc_id: json.dumps(doc_id) for doc_id in data.documents}
+    passages = ", ".join([
+        f'{{"doc_id": {quoted[c.doc_id]}, "position": {c.position:d}, "start": {c.start:d}, "end": {c.end:d}, '
+        f'"sentences": [{first:d}, {last:d}]}}'
+        for c, (first, last) in zip(data.chunks, data.chunk_sentences)
+    ])
+    sentences = ", ".join([f"[{quoted[doc_id]}, {start:d}, {end:d}]" for doc_id, start, end in data.sentences])
+    return f'{{"passages": [{passages}], "sentences": [{sentences}]}}'.encode()
+
+
+def write(index_dir: Path, data: IndexData, settings_fields: dict[str, Any], base: IndexData | None = None,
+          bm25: Future[Bm25Indexes | None] | None = None) -> IndexData:
+    """Write a new version beside the live one and make it live; returns it as load() would give it.
 
     `base` is the version `data` was built from, if any: its HNSW graph is grown rather than rebuilt
-    when `data` only adds articles to it (see dense_index).
+    when `data` only adds articles to it (see dense_index). `bm25`, if given, is data's bm25s indexes
+    still being built (see indexing.build): waited for only once the other files are written.
     """
     if data.terms is None:
         raise ValueError("an index version needs its terms (see indexing.assemble)")
@@ -250,26 +292,12 @@ def write(index_dir: Path, data: IndexData, settings_fields: dict[str, Any], bas
         counts: dict[str, int] = {}
         for chunk in data.chunks:
             counts[chunk.doc_id] = counts.get(chunk.doc_id, 0) + 1
-        documents = [_document_record(doc, counts.get(doc.doc_id, 0)) for doc in data.documents.values()]
-        _fsync_write(staging / "documents.json", json.dumps(documents, ensure_ascii=False).encode())
-        passages = [
-            {"doc_id": c.doc_id, "position": c.position, "start": c.start, "end": c.end,
-             "sentences": [first, last]}
-            for c, (first, last) in zip(data.chunks, data.chunk_sentences)
-        ]
-        sentences = [[doc_id, start, end] for doc_id, start, end in data.sentences]
-        _fsync_write(staging / "passages.json", json.dumps({"passages": passages, "sentences": sentences}).encode())
-        for filename, array in (("vectors.npy", data.vectors), ("sentence_vectors.npy", data.sentence_vectors)):
-            _fsync_array(staging / filename, np.ascontiguousarray(array, dtype=np.float32))
-        written = list(CORE_FILES) + _write_terms(staging, data.terms, data.bm25)
-        import faiss
-
-        dense = dense_index(data, base)
-        faiss.write_index(dense.index, str(staging / "dense.faiss"))
-        _fsync_file(staging / "dense.faiss")
-        if dense.rows is not None:
-            _fsync_array(staging / LABELS, dense.rows)
-            written.append(LABELS)
+        files, dense = _write_core(staging, data, counts, base)
+        files.update(_write_terms(staging, data.terms))
+        if bm25 is not None:
+            data = replace(data, bm25=bm25.result())
+        if data.bm25 is not None:
+            files.update(_write_bm25(staging, data.bm25))
         manifest = {
             **compatibility(settings_fields["model"], int(data.vectors.shape[1]), settings_fields["chunking"]),
             "lexicon_version": LEXICON_VERSION,
@@ -280,7 +308,8 @@ def write(index_dir: Path, data: IndexData, settings_fields: dict[str, Any], bas
             "counts": {"documents": len(data.documents), "passages": len(data.chunks), "sentences": len(data.sentences)},
             "documents": {doc.doc_id: {"content_hash": doc.content_hash, "passages": counts.get(doc.doc_id, 0)}
                           for doc in data.documents.values()},
-            "files": {filename: _sha256(staging / filename) for filename in written},
+            # In FILES order, then LABELS: as every version has listed them.
+            "files": {filename: files[filename] for filename in (*FILES, LABELS) if filename in files},
         }
         _fsync_write(staging / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False).encode())
         _fsync_dir(staging)
@@ -293,7 +322,27 @@ def write(index_dir: Path, data: IndexData, settings_fields: dict[str, Any], bas
         shutil.rmtree(staging, ignore_errors=True)
         raise
     _prune(index_dir, keep={name})
-    return name
+    return replace(data, manifest=manifest, version=name, faiss_index=dense)
+
+
+def _write_core(folder: Path, data: IndexData, counts: dict[str, int],
+                base: IndexData | None) -> tuple[dict[str, str], DenseIndex]:
+    """Save the texts, passages, vectors and FAISS index; returns each file's SHA-256 by name, and the FAISS index."""
+    import faiss
+
+    documents = [_document_record(doc, counts.get(doc.doc_id, 0)) for doc in data.documents.values()]
+    hashes = {"documents.json": _fsync_write(folder / "documents.json",
+                                             json.dumps(documents, ensure_ascii=False).encode()),
+              "passages.json": _fsync_write(folder / "passages.json", _passages_json(data))}
+    for filename, array in (("vectors.npy", data.vectors), ("sentence_vectors.npy", data.sentence_vectors)):
+        hashes[filename] = _fsync_array(folder / filename, array.astype(np.float32, copy=False))
+    dense = dense_index(data, base)
+    faiss.write_index(dense.index, str(folder / "dense.faiss"))
+    _fsync_file(folder / "dense.faiss")
+    hashes["dense.faiss"] = _sha256(folder / "dense.faiss")  # read back: serialising to memory first costs a copy
+    if dense.rows is not None:
+        hashes[LABELS] = _fsync_array(folder / LABELS, dense.rows)
+    return hashes, dense
 
 
 def _prune(index_dir: Path, keep: set[str]) -> None:
@@ -416,14 +465,6 @@ def load(index_dir: Path, verify: bool = True) -> IndexData:
             raise IndexCorrupt(f"index terms in {folder} cannot be read ({exc}); {rebuild}") from None
     return IndexData(documents, chunks, vectors, sentences, sentence_vectors, chunk_sentences,
                      manifest, manifest["version"], faiss_index, terms, _read_bm25(folder) if has_bm25 else None)
-
-
-def written(index_dir: Path, version: str, data: IndexData) -> IndexData:
-    """A version just written from `data`, as load() gives it, without reading its arrays and texts back."""
-    folder = index_dir / version
-    manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
-    dense = _read_dense(folder, LABELS in manifest["files"])
-    return replace(data, manifest=manifest, version=version, faiss_index=dense)
 
 
 def _read_dense(folder: Path, labelled: bool) -> DenseIndex:

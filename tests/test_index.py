@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 from pathlib import Path
@@ -285,3 +286,86 @@ def test_add_swaps_in_the_written_version_without_reading_the_index_back(assista
     assert live.manifest == on_disk.manifest
     question = "When will the lighthouse on Cape Verde Point be staffed?"
     assert assistant.ask(question).passages == fresh.ask(question).passages
+
+
+def test_incremental_version_is_byte_for_byte_a_full_builds(assistant: Assistant, tmp_path: Path) -> None:
+    """Articles added before the first and between two kept ones, one edited and one removed: the same files."""
+    settings = assistant.settings
+    docs = settings.docs_dir
+    (docs / "0000_first.txt").write_text(NEW_ARTICLE)  # sorts before every seed article
+    (docs / "001a_between.txt").write_text("Ferry timetable\n\nThe harbour ferry runs every hour from June.\n")
+    edited = docs / "003_a706da511b167a58.txt"
+    edited.write_text(edited.read_text() + "\nA sentence added in an edit about lighthouses.\n")
+    (docs / "004_c96e7aec04f74565.txt").unlink()
+    report = assistant.build()
+    assert sorted(report.embedded_documents) == ["0000_first", "001a_between", "003_a706da511b167a58"]
+    full_settings = dataclasses.replace(settings, index_dir=tmp_path / "full")
+    full = build(full_settings, assistant.embedder, full=True)
+    ours, theirs = settings.index_dir / str(report.version), full_settings.index_dir / str(full.version)
+    manifests = [json.loads((folder / store.MANIFEST).read_text()) for folder in (ours, theirs)]
+    assert set(manifests[0]["files"]) == set(store.FILES)
+    for filename in manifests[0]["files"]:
+        assert (ours / filename).read_bytes() == (theirs / filename).read_bytes(), filename
+    for manifest in manifests:
+        del manifest["built_at"], manifest["version"]
+    assert manifests[0] == manifests[1]
+    # And both are right: each passage's sentence rows are sentences of its article, inside it.
+    data = store.load(settings.index_dir)
+    for chunk, (first, last) in zip(data.chunks, data.chunk_sentences):
+        assert first < last
+        assert all(doc_id == chunk.doc_id and chunk.start <= start < end <= chunk.end
+                   for doc_id, start, end in data.sentences[first:last])
+
+
+def test_passages_json_is_what_json_dumps_gives() -> None:
+    from qa.chunking import Chunk
+    from qa.documents import Document
+
+    ids = ["café", 'quote"d', "back\\slash", "北京", "plain"]
+    docs = {doc_id: Document(doc_id, doc_id, "", None, None, "One. Two.", "h") for doc_id in sorted(ids)}
+    chunks = [Chunk(doc_id, 0, 0, 9, "One. Two.", ((0, 4), (5, 9))) for doc_id in docs]
+    sentences = [(doc_id, start, end) for doc_id in docs for start, end in ((0, 4), (5, 9))]
+    data = IndexData(docs, chunks, np.zeros((5, 2), np.float32), sentences, np.zeros((10, 2), np.float32),
+                     [(2 * i, 2 * i + 2) for i in range(5)])
+    expected = {"passages": [{"doc_id": c.doc_id, "position": c.position, "start": c.start, "end": c.end,
+                              "sentences": [first, last]} for c, (first, last) in zip(chunks, data.chunk_sentences)],
+                "sentences": [list(s) for s in sentences]}
+    assert store._passages_json(data) == json.dumps(expected).encode()
+    empty = IndexData({}, [], np.zeros((0, 2), np.float32), [], np.zeros((0, 2), np.float32), [])
+    assert store._passages_json(empty) == json.dumps({"passages": [], "sentences": []}).encode()
+
+
+@pytest.mark.parametrize("array", [np.arange(12, dtype=np.float32).reshape(3, 4), np.zeros((0, 384), np.float32),
+                                   np.arange(5, dtype=np.int64), np.zeros(0, np.int32),
+                                   np.arange(12, dtype=np.float32).reshape(3, 4).T])
+def test_arrays_are_written_as_np_save_writes_them_with_their_checksum(array: np.ndarray, tmp_path: Path) -> None:
+    digest = store._fsync_array(tmp_path / "ours.npy", array)
+    np.save(tmp_path / "numpy.npy", np.ascontiguousarray(array), allow_pickle=False)
+    assert (tmp_path / "ours.npy").read_bytes() == (tmp_path / "numpy.npy").read_bytes()
+    assert digest == store._sha256(tmp_path / "ours.npy")
+    assert np.array_equal(np.load(tmp_path / "ours.npy"), array)
+
+
+def test_a_failed_bm25_build_leaves_the_live_version(assistant: Assistant) -> None:
+    """The bm25s indexes are built on a worker thread while the other files are written: its failure fails the build."""
+    settings = assistant.settings
+    version = store.current_version(settings.index_dir)
+    (settings.docs_dir / "new_article.txt").write_text(NEW_ARTICLE)
+    with mock.patch("qa.lexical.bm25_indexes", side_effect=MemoryError("no room for the scores")):
+        with pytest.raises(MemoryError):
+            build(settings, assistant.embedder)
+    assert store.current_version(settings.index_dir) == version
+    assert not list(settings.index_dir.glob(".tmp-*"))
+    assert build(settings, assistant.embedder).embedded_documents == ["new_article"]
+
+
+def test_a_live_version_not_grouped_by_article_is_rebuilt(assistant: Assistant) -> None:
+    """Runs of articles are sliced out of the live version's rows, so rows in another order are refused."""
+    settings = assistant.settings
+    live = assistant.snapshot().data
+    shuffled = dataclasses.replace(live, chunks=live.chunks[1:] + live.chunks[:1])
+    (settings.docs_dir / "new_article.txt").write_text(NEW_ARTICLE)
+    logged: list[str] = []
+    report = build(settings, assistant.embedder, current=shuffled, log=logged.append)
+    assert any("not grouped by article" in line for line in logged)
+    assert len(report.embedded_documents) == len(report.data.documents)  # everything, from scratch
