@@ -347,7 +347,7 @@ def compare_quality(data: Any, fast_vectors: np.ndarray, torch_vectors: np.ndarr
 def split_question(assistant: Any, questions: Sequence[str]) -> dict[str, float]:
     """Median milliseconds of each stage of answering, the way Assistant._answer runs them."""
     from . import answer as answering
-    from .retrieval import best_rows, tidy
+    from .retrieval import DEPTH, best_rows, tidy
 
     snapshot = assistant.snapshot()
     retriever = snapshot.retriever
@@ -357,10 +357,10 @@ def split_question(assistant: Any, questions: Sequence[str]) -> dict[str, float]
         t0 = time.perf_counter()
         query = assistant.embedder.embed([question])[0]
         t1 = time.perf_counter()
-        retriever.dense_scores(query, 100)
+        retriever.dense_scores(query, DEPTH)
         t2 = time.perf_counter()
         terms = retriever.lexicon.terms(question)
-        best_rows(retriever.lexical_scores(terms), 100)
+        best_rows(retriever.lexical_scores(terms), DEPTH)
         t3 = time.perf_counter()
         # ranked() runs FAISS and BM25 again inside: what it costs beyond them is the fusion (and tidy).
         ranked = retriever.ranked(query, question, mode="hybrid", rrf_k=settings.rrf_k,
@@ -398,6 +398,7 @@ def faiss_recall(vectors: np.ndarray, queries: np.ndarray, in_use: str) -> dict[
     import faiss
 
     from . import store
+    from .retrieval import DEPTH
 
     exact = faiss.IndexFlatIP(vectors.shape[1])
     exact.add(vectors)
@@ -414,19 +415,20 @@ def faiss_recall(vectors: np.ndarray, queries: np.ndarray, in_use: str) -> dict[
     faiss.clone_index(approx).add(np.ascontiguousarray(queries[:3], dtype=np.float32))
     grow = time.perf_counter() - started
     result: dict[str, Any] = {"passages": len(vectors), "approx_build_s": build, "approx_grow_s": grow,
-                              "threshold": threshold, "in_use": in_use, "approx_kind": type(approx).__name__}
+                              "threshold": threshold, "in_use": in_use, "approx_kind": type(approx).__name__,
+                              "depth": DEPTH}
     for name, index in (("exact", exact), ("approx", approx)):
         times = []
         for row in queries[:200]:
             started = time.perf_counter()
-            index.search(row.reshape(1, -1), 100)
+            index.search(row.reshape(1, -1), DEPTH)
             times.append(time.perf_counter() - started)
         result[f"{name}_ms"] = statistics.median(times) * 1000
-    _, truth = exact.search(queries, 100)
-    _, found = approx.search(queries, 100)
-    for k in (10, 100):
+    _, truth = exact.search(queries, DEPTH)
+    _, found = approx.search(queries, DEPTH)
+    for name, k in (("recall10", 10), ("recall_depth", DEPTH)):
         hits = sum(len(set(t[:k]) & set(f[:k])) for t, f in zip(truth, found))
-        result[f"recall{k}"] = hits / (k * len(queries))
+        result[name] = hits / (k * len(queries))
     return result
 
 
@@ -665,10 +667,11 @@ def render(r: dict[str, Any]) -> str:
                   f"store.py builds an exact inner-product index up to {x['threshold']:,} passages and an approximate "
                   f"one ({x['approx_kind']}) above; this corpus has {x['passages']:,} passages, so it uses "
                   f"`{x['in_use']}`. Both, on the same vectors, one query at a time:", "",
-                  "| index | search, depth 100 (median ms) | recall@10 | recall@100 |", "|---|---|---|---|",
+                  f"| index | search, depth {x['depth']} (median ms) | recall@10 | recall@{x['depth']} |",
+                  "|---|---|---|---|",
                   f"| exact (IndexFlatIP) | {_ms(x['exact_ms'])} | 1 | 1 |",
                   f"| {x['approx_kind']} (built in {x['approx_build_s']:.1f} s) | {_ms(x['approx_ms'])} | "
-                  f"{x['recall10']:.4f} | {x['recall100']:.4f} |", "",
+                  f"{x['recall10']:.4f} | {x['recall_depth']:.4f} |", "",
                   f"Adding an article grows a copy of the graph instead of building it again: copying it and adding "
                   f"three passages took {x['approx_grow_s']:.2f} s."]
     lines += ["", "Cold start is process start to the first 200 from /ask with the index already built. Peak RSS is the "
