@@ -2,10 +2,10 @@
 
 Each sentence of the best passages is scored on what it means (its cosine to the question, from
 the sentence vectors computed at index time), on the rare question words it contains (IDF-weighted
-coverage), on whether it holds the kind of thing the question asks for (a number for "how many"
-or "what is the population", a date for "when", a name for "who") and on its passage's rank. The
-best sentence is the answer if its confidence clears the threshold; otherwise the articles are
-taken not to answer the question.
+coverage, also counting the sentence before it at a discount), on whether it holds the kind of
+thing the question asks for (a number for "how many" or "what is the population", a date for
+"when", a name for "who") and on its passage's rank. The best sentence is the answer if its
+confidence clears the threshold; otherwise the articles are taken not to answer the question.
 Weights and the threshold were tuned on training questions only (see bench/RESULTS.md).
 """
 
@@ -25,6 +25,10 @@ DENSE = 0.3
 TYPE = 0.15
 RANK = 0.1
 PASSAGES = 3
+# A sentence is also credited with CONTEXT x the coverage of itself and the sentence before it, when that
+# is more: questions often restate one sentence and find their answer in the next ("... Ma Jianlong led
+# charges outside the gate." "He was wounded by arrows ..."). SQuAD train answer accuracy 0.772 -> 0.784.
+CONTEXT = 0.8
 # Confidence = the best sentence's score + EVIDENCE * the top passage's cosine to the question:
 # how well the best passage matches as a whole is the strongest single sign that it answers.
 EVIDENCE = 2.0
@@ -143,7 +147,7 @@ _Candidate = tuple[int, int, float, float, float, str]
 
 def score_sentences(query: np.ndarray, terms: list[str], hits: list[Hit], data: IndexData, retriever: Retriever,
                     passages: int = PASSAGES, dense_weight: float = DENSE, question: str = "",
-                    type_weight: float = TYPE, rank_weight: float = RANK,
+                    type_weight: float = TYPE, rank_weight: float = RANK, context: float = CONTEXT,
                     best_only: bool = False) -> list[SentenceScore]:
     """Score each sentence of the top passages by meaning, shared rare words, answer kind and rank; best first.
 
@@ -175,6 +179,10 @@ def score_sentences(query: np.ndarray, terms: list[str], hits: list[Hit], data: 
             if text == doc.title or present <= asked:
                 continue
             coverage = sum(w for t, w in weights.items() if t in present) / total if total else 0.0
+            if context and row > 0 and data.sentences[row - 1][0] == doc_id:
+                both = present | retriever.sentence_terms[row - 1]
+                held = sum(w for t, w in weights.items() if t in both) / total if total else 0.0
+                coverage = max(coverage, context * held)
             partial = dense_weight * cosine + (1 - dense_weight) * coverage
             candidates.append((number, row, cosine, coverage, partial, text))
     # Checking the answer kind (a regex search of the sentence) is the slow part, and it can only add

@@ -192,6 +192,28 @@ def test_a_sentence_without_the_asked_kind_lowers_confidence(fake: Assistant) ->
     assert strict.score == pytest.approx(lenient.score - 0.5)
 
 
+def test_a_sentence_borrows_the_words_of_the_one_before(fake: Assistant) -> None:
+    """The question restates one sentence and the next answers it: the next one is credited with both."""
+    question = "When did the council approve the city library's evening opening?"
+    snapshot, query, terms, hits = _evidence(fake, question)
+    data, retriever = snapshot.data, snapshot.retriever
+
+    def scores(context: float) -> dict[str, answering.SentenceScore]:
+        scored = answering.score_sentences(query, terms, hits, data, retriever, context=context)
+        return {data.documents[data.sentences[s.row][0]].text[slice(*data.sentences[s.row][1:])]: s for s in scored}
+
+    plain, borrowed = scores(0.0), scores(0.8)
+    second = "The council approved the longer hours in March after a petition."
+    row = borrowed[second].row
+    weights = {t: retriever.idf.get(t, retriever.default_idf) for t in set(terms)}
+    both = retriever.sentence_terms[row] | retriever.sentence_terms[row - 1]
+    expected = 0.8 * sum(w for t, w in weights.items() if t in both) / sum(weights.values())
+    assert plain[second].coverage < expected
+    assert borrowed[second].coverage == pytest.approx(expected)
+    best = answering.choose(query, terms, hits, data, retriever, -np.inf)
+    assert best is not None and best.text == second  # it also holds the date asked for
+
+
 def test_headline_is_never_the_answer(fake: Assistant) -> None:
     snapshot, query, terms, hits = _evidence(fake, "Orchard harvest beats forecasts")
     scored = answering.score_sentences(query, terms, hits, snapshot.data, snapshot.retriever)
