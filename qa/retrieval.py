@@ -160,10 +160,6 @@ class Retriever:
         """For each passage row, the best cosine between the question and one of its sentences."""
         return self._best_cosines(query, rows, *self._sentences_of(rows))
 
-    def sentence_coverage(self, terms: list[str], rows: np.ndarray) -> np.ndarray:
-        """For each passage row, the largest IDF-weighted share of the question's terms one sentence holds."""
-        return self._best_coverage(terms, *self._sentences_of(rows))
-
     def _sentences_of(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The sentence rows of these passage rows, one passage after another, and how many each passage has."""
         spans = self._sentence_rows[rows]
@@ -181,7 +177,8 @@ class Retriever:
         return np.maximum.reduceat(cosines, np.cumsum(lengths) - lengths).astype(np.float32)
 
     def _best_coverage(self, terms: list[str], sentences: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        """sentence_coverage, given _sentences_of(rows)."""
+        """For each passage (given as _sentences_of(its rows)), the largest IDF-weighted share of the question's
+        terms one of its sentences holds."""
         weights = {t: self.idf.get(t, self.default_idf) for t in set(terms)}
         total = sum(weights.values())
         out = np.zeros(len(lengths), dtype=np.float32)
