@@ -179,7 +179,8 @@ class Retriever:
     def _best_coverage(self, terms: list[str], sentences: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """For each passage (given as _sentences_of(its rows)), the largest IDF-weighted share of the question's
         terms one of its sentences holds."""
-        weights = {t: self.idf.get(t, self.default_idf) for t in set(terms)}
+        # In the question's order, each term once: the sums come out the same under any hash seed.
+        weights = {t: self.idf.get(t, self.default_idf) for t in dict.fromkeys(terms)}
         total = sum(weights.values())
         out = np.zeros(len(lengths), dtype=np.float32)
         if not total or not lengths.any():

@@ -31,7 +31,7 @@ ODD_QUESTIONS = ["zzzz qqqq", "the of and", "Hetao Hetao Hetao", "what is it?", 
 
 def reference_coverage(retriever: Retriever, terms: list[str], row: int) -> float:
     """The best sentence's IDF-weighted share of the question's terms, a sentence at a time in Python."""
-    weights = {t: retriever.idf.get(t, retriever.default_idf) for t in set(terms)}
+    weights = {t: retriever.idf.get(t, retriever.default_idf) for t in dict.fromkeys(terms)}
     total = sum(weights.values())
     first, last = retriever.data.chunk_sentences[row]
     best = max((sum(w for t, w in weights.items() if t in retriever.sentence_terms[s]) for s in range(first, last)),
@@ -177,3 +177,38 @@ def test_cached_answers_only_what_was_asked(seeded: Assistant) -> None:
     first = seeded.ask(question)
     again = seeded.cached(question)
     assert again is not None and (again.answer, again.passages, again.version) == (first.answer, first.passages, first.version)
+
+
+def test_scores_do_not_depend_on_the_hash_seed(seeded: Assistant) -> None:
+    """Coverage adds the question's terms in the question's order, so every score is the same float whatever
+    order Python's string hashing gives sets: the same questions, asked under two hash seeds, score identically."""
+    import os
+    import subprocess
+    import sys
+
+    code = f"""
+import json, sys
+from qa.assistant import Assistant
+from tests.conftest import make_settings
+from pathlib import Path
+helper = Assistant(make_settings(Path({str(seeded.settings.docs_dir)!r}), Path({str(seeded.settings.index_dir)!r}),
+                                 answer_threshold=float("-inf")))
+helper.load()
+out = []
+for question in json.loads(sys.argv[1]):
+    result = helper.ask(question, 5, "hybrid")
+    out.append([result.answer and (result.answer.text, result.answer.score)]
+               + [(p.doc_id, p.position, p.fused, p.coverage) for p in result.passages])
+print(json.dumps(out))
+"""
+    questions = json.dumps(QUESTIONS[:20] + ODD_QUESTIONS)
+    runs = []
+    for seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        done = subprocess.run([sys.executable, "-c", code, questions], capture_output=True, text=True, timeout=300,
+                              cwd=REPO, env=env)
+        assert done.returncode == 0, done.stderr
+        runs.append(json.loads(done.stdout))
+    assert len(runs[0]) == 20 + len(ODD_QUESTIONS)
+    assert any(entry[0] is not None for entry in runs[0])
+    assert runs[0] == runs[1]

@@ -205,7 +205,7 @@ def test_a_sentence_borrows_the_words_of_the_one_before(fake: Assistant) -> None
     plain, borrowed = scores(0.0), scores(0.8)
     second = "The council approved the longer hours in March after a petition."
     row = borrowed[second].row
-    weights = {t: retriever.idf.get(t, retriever.default_idf) for t in set(terms)}
+    weights = {t: retriever.idf.get(t, retriever.default_idf) for t in dict.fromkeys(terms)}
     both = retriever.sentence_terms[row] | retriever.sentence_terms[row - 1]
     expected = 0.8 * sum(w for t, w in weights.items() if t in both) / sum(weights.values())
     assert plain[second].coverage < expected
