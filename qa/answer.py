@@ -157,7 +157,8 @@ def score_sentences(query: np.ndarray, terms: list[str], hits: list[Hit], data: 
     question = question or getattr(terms, "text", "")
     form = set(retriever.lexicon.terms(" ".join(form_words(question)))) if question else set()
     # The question's terms in its own order, each once: coverage sums are the same under any hash seed.
-    content = [t for t in dict.fromkeys(terms) if t not in form] or list(dict.fromkeys(terms))
+    unique = list(dict.fromkeys(terms))
+    content = [t for t in unique if t not in form] or unique
     weights = {t: retriever.idf.get(t, retriever.default_idf) for t in content}
     total = sum(weights.values())
     kind = answer_kind(question) if question else None

@@ -10,6 +10,9 @@ byte, with the plain way.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from typing import Iterator
 
 import numpy as np
@@ -182,10 +185,6 @@ def test_cached_answers_only_what_was_asked(seeded: Assistant) -> None:
 def test_scores_do_not_depend_on_the_hash_seed(seeded: Assistant) -> None:
     """Coverage adds the question's terms in the question's order, so every score is the same float whatever
     order Python's string hashing gives sets: the same questions, asked under two hash seeds, score identically."""
-    import os
-    import subprocess
-    import sys
-
     code = f"""
 import json, sys
 from qa.assistant import Assistant
