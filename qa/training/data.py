@@ -15,7 +15,7 @@ import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from ..chunking import sentence_units
 
@@ -191,6 +191,14 @@ class Builder:
                 made.append(Pair(changed[0], gold, 0, None, changed[1]))
         return made
 
+    def _pick(self, pool: list[str], fits: Any, tries: int = 24) -> str | None:
+        """A random member of pool that fits, from a bounded number of draws (pools run to thousands)."""
+        for _ in range(tries if pool else 0):
+            candidate = self.rng.choice(pool)
+            if fits(candidate):
+                return candidate
+        return None
+
     def unanswerable(self, question: str, gold: str, article: str) -> tuple[str, str] | None:
         """The question changed so its gold sentence no longer answers it, and how; None if no change applies."""
         names, numbers, vocab = self.entities_of(article)
@@ -199,21 +207,23 @@ class Builder:
         for match in _NAME.finditer(question):
             if match.start() == 0 or match.group(0).lower() not in lowered:
                 continue
-            swaps = [n for n in names if n.lower() not in lowered and n != match.group(0)]
-            if swaps:
-                options.append((question[:match.start()] + self.rng.choice(swaps) + question[match.end():], ENTITY))
+            swap = self._pick(names, lambda n: n.lower() not in lowered and n != match.group(0))
+            if swap:
+                options.append((question[:match.start()] + swap + question[match.end():], ENTITY))
         for match in _NUMBER.finditer(question):
-            swaps = [n for n in numbers if n not in gold and len(n) == len(match.group(0))] or \
-                    [n for n in numbers if n not in gold]
-            if swaps:
-                options.append((question[:match.start()] + self.rng.choice(swaps) + question[match.end():], NUMBER))
+            width = len(match.group(0))
+            swap = self._pick(numbers, lambda n: n not in gold and len(n) == width) or \
+                self._pick(numbers, lambda n: n not in gold)
+            if swap:
+                options.append((question[:match.start()] + swap + question[match.end():], NUMBER))
         content = [m for m in _WORD.finditer(question) if m.group(0).islower() and m.group(0) not in _STOP
                    and len(m.group(0)) >= 4 and m.group(0) in lowered]
         if content:
             match = self.rng.choice(content)
-            swaps = [w for w in vocab if w not in lowered and w not in question.lower()]
-            if swaps:
-                options.append((question[:match.start()] + self.rng.choice(swaps) + question[match.end():], ATTRIBUTE))
+            asked = question.lower()
+            swap = self._pick(vocab, lambda w: w not in lowered and w not in asked)
+            if swap:
+                options.append((question[:match.start()] + swap + question[match.end():], ATTRIBUTE))
         for match in _WORD.finditer(question):
             flipped = _ANTONYMS.get(match.group(0).lower())
             if flipped and flipped not in lowered:
