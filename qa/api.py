@@ -455,6 +455,9 @@ def serve(settings: Settings) -> None:
         log.info("built index: %d articles, %d passages in %.1fs", report.documents, report.passages, report.seconds)
     # Load the model now, so the first question does not pay for it.
     assistant.embedder.embed(["warm up"])
+    from .workers import VersionFollower
+
+    VersionFollower(assistant).start()  # versions written by other processes (`qa add`, `qa index`) are served too
     log.info("serving %d articles on http://%s:%d", assistant.stats()["documents"], settings.host, settings.port)
     # uvicorn parses HTTP with httptools (a dependency) when it is installed: about 0.2 ms less per request
     # than its pure-Python h11 parser.

@@ -105,6 +105,23 @@ class Assistant:
         # A single assignment: a question in flight keeps the snapshot it started with.
         self._snapshot = Snapshot(data, self._lexicon_once())
 
+    def follow(self) -> bool:
+        """Load the live version if another process has made a newer one live; returns whether it did.
+
+        Skipped while this process builds: it swaps in the version it writes itself.
+        """
+        if not self._build_lock.acquire(blocking=False):
+            return False
+        try:
+            live = store.current_version(self.settings.index_dir)
+            snapshot = self._snapshot
+            if live is None or (snapshot is not None and snapshot.version == live):
+                return False
+            self.load()
+            return True
+        finally:
+            self._build_lock.release()
+
     def _lexicon_once(self) -> Lexicon:
         if self._lexicon is None:
             self._lexicon = Lexicon()

@@ -46,6 +46,8 @@ def make_parser() -> argparse.ArgumentParser:
     _common(serve)
     serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default 8000)")
+    serve.add_argument("--workers", type=int, metavar="N",
+                       help="server processes sharing the port and following the live index version (QA_WORKERS, default 1)")
 
     stats = commands.add_parser("stats", help="show what the index holds")
     _common(stats)
@@ -57,7 +59,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    flags = {key: getattr(args, key, None) for key in ("docs_dir", "index_dir", "model", "backend", "top_k", "host", "port")}
+    flags = {key: getattr(args, key, None) for key in ("docs_dir", "index_dir", "model", "backend", "top_k", "host", "port", "workers")}
     return resolve(flags)
 
 
@@ -101,6 +103,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = _settings(args)
         if args.command == "serve":
+            if settings.workers > 1:
+                from .workers import serve as serve_workers
+
+                serve_workers(settings)
+                return 0
             from .api import serve
 
             serve(settings)

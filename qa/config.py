@@ -44,6 +44,8 @@ class Settings:
     api_token: str | None = None
     host: str = "127.0.0.1"
     port: int = 8000
+    # `qa serve` processes sharing one listening socket and one index folder (see qa/workers.py).
+    workers: int = 1
 
 
 # Environment variable for each field: QA_ + upper-case field name.
@@ -110,5 +112,7 @@ def validate(settings: Settings) -> None:
         raise ConfigError(f"backend must be onnx, onnx-fp32 or torch, got {settings.backend!r}")
     if settings.max_per_doc < 1:
         raise ConfigError("max_per_doc must be at least 1")
+    if not 1 <= settings.workers <= 64:
+        raise ConfigError(f"workers must be between 1 and 64, got {settings.workers}")
     if not 1 <= settings.port <= 65535:
         raise ConfigError(f"port must be between 1 and 65535, got {settings.port}")

@@ -1,0 +1,181 @@
+"""`qa serve --workers N`: several server processes over one index folder, each following its CURRENT pointer.
+
+The supervisor (the process `qa serve` starts in) never loads the model: a first child process builds
+the index if there is none, then the supervisor binds the listening socket once and starts N worker
+processes that accept on it (the kernel hands each connection to one of them). Every worker, like a
+single `qa serve`, polls the index's CURRENT pointer: when another process (`qa index`, `qa add`, or
+another worker's POST /documents) has made a new version live, the worker loads that version whole,
+checksums included, and swaps it in between two questions. A version is only named in CURRENT once
+all its files are written (see store.write), so no worker ever serves a half-built one.
+
+Each worker has its own answer cache and its own queue of index jobs; a POST /documents goes to one
+worker, which builds the new version, and the others pick it up from CURRENT. Two uploads that reach
+two workers at the same moment do not queue behind each other: the second fails with "busy".
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import threading
+import time
+from typing import Any
+
+from .config import Settings
+from .errors import IndexError_, QAError
+
+log = logging.getLogger("qa.workers")
+# How often each process reads CURRENT: a one-line file, so four reads a second cost nothing, and a new
+# version is served within about a quarter of a second plus its load time.
+FOLLOW_SECONDS = 0.25
+# A worker that dies sooner than this after it started is not restarted: it would only die again.
+MIN_UPTIME = 10.0
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
+
+
+class VersionFollower:
+    """A daemon thread that swaps in the index version named by CURRENT whenever another process changes it."""
+
+    def __init__(self, assistant: Any, interval: float = FOLLOW_SECONDS) -> None:
+        self.assistant = assistant
+        self.interval = interval
+        self._stop = threading.Event()
+        self._failed: str | None = None  # the version last refused, reported once rather than every poll
+        self._thread = threading.Thread(target=self._run, name="qa-follow", daemon=True)
+
+    def start(self) -> VersionFollower:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.poll()
+
+    def poll(self) -> None:
+        """One look at CURRENT; errors are logged, and the version in memory keeps answering."""
+        try:
+            if self.assistant.follow():
+                log.info("now serving index version %s", self.assistant.stats()["version"])
+                self._failed = None
+        except QAError as exc:
+            # A version pruned between reading CURRENT and loading it, or one built by another model:
+            # keep answering from the version in memory, and say so once.
+            message = str(exc)
+            if message != self._failed:
+                log.warning("not following the live index version: %s", message)
+                self._failed = message
+        except Exception:  # a worker must not lose its follower to a surprise
+            log.exception("could not follow the live index version")
+
+
+# --- the supervisor ------------------------------------------------------------------------------
+
+
+def _prepare(settings: Settings, errors: Any) -> None:
+    """Child process: build the index if there is none (or it must be rebuilt), then exit."""
+    from .api import limit_threads
+    from .assistant import Assistant
+
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    limit_threads()
+    try:
+        report = Assistant(settings).ensure_index(log=log.info)
+        if report is not None:
+            log.info("built index: %d articles, %d passages in %.1fs", report.documents, report.passages,
+                     report.seconds)
+    except QAError as exc:
+        errors.send(str(exc))
+        raise SystemExit(1) from None
+    errors.send(None)
+
+
+def _worker(settings: Settings, listener: socket.socket) -> None:
+    """Child process: one server answering on the shared socket and following CURRENT."""
+    import uvicorn
+
+    from .api import create_app, limit_threads
+    from .assistant import Assistant
+
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    limit_threads()
+    assistant = Assistant(settings)
+    assistant.load()
+    assistant.embedder.embed(["warm up"])  # so the first question does not pay for loading the model
+    VersionFollower(assistant).start()
+    log.info("worker serving index version %s", assistant.stats()["version"])
+    config = uvicorn.Config(create_app(assistant), log_level="info")
+    uvicorn.Server(config).run(sockets=[listener])
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket every worker accepts on."""
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+    except OSError as exc:
+        listener.close()
+        raise QAError(f"cannot listen on {host}:{port} ({exc.strerror}); choose another --port") from None
+    listener.listen(2048)
+    listener.set_inheritable(True)
+    return listener
+
+
+def serve(settings: Settings) -> None:
+    """`qa serve --workers N`: prepare the index, bind once, run N workers until interrupted."""
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    context = multiprocessing.get_context("spawn")  # fresh interpreters: no threads or model state forked
+    receiver, sender = context.Pipe(duplex=False)
+    prepare = context.Process(target=_prepare, args=(settings, sender), name="qa-prepare")
+    prepare.start()
+    prepare.join()
+    problem = receiver.recv() if receiver.poll() else "the process preparing the index failed; see the log above"
+    if problem is not None:
+        raise IndexError_(problem)
+    listener = bind(settings.host, settings.port)
+    stopping = threading.Event()
+
+    def stop(signum: int, frame: Any) -> None:
+        stopping.set()
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    workers: list[tuple[Any, float]] = []
+    try:
+        for _ in range(settings.workers):
+            workers.append(_start(context, settings, listener))
+        log.info("serving on http://%s:%d with %d worker processes", settings.host, settings.port, settings.workers)
+        while not stopping.wait(0.5):
+            for number, (process, started) in enumerate(workers):
+                if process.is_alive():
+                    continue
+                if time.monotonic() - started < MIN_UPTIME:
+                    raise QAError(f"worker {process.pid} exited with status {process.exitcode} right after "
+                                  "starting; see the log above")
+                log.warning("worker %d exited with status %s; starting another", process.pid, process.exitcode)
+                workers[number] = _start(context, settings, listener)
+    finally:
+        for process, _ in workers:
+            if process.is_alive():
+                os.kill(process.pid, signal.SIGTERM)  # uvicorn finishes the requests in flight, then exits
+        for process, _ in workers:
+            process.join(timeout=20)
+            if process.is_alive():
+                process.kill()
+                process.join()
+        listener.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _start(context: Any, settings: Settings, listener: socket.socket) -> tuple[Any, float]:
+    process = context.Process(target=_worker, args=(settings, listener), name="qa-worker")
+    process.start()
+    return process, time.monotonic()
