@@ -703,7 +703,18 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = make_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Two benchmarks of their own, in qa/tools: server processes (--workers) and index size (--scale).
+    flags = {arg.split("=", 1)[0] for arg in argv}
+    if "--workers" in flags:
+        from .tools.serve_bench import main as bench_workers
+
+        return bench_workers(argv)
+    if "--scale" in flags:
+        from .tools.scale_bench import main as bench_scale
+
+        return bench_scale(argv)
+    args = make_parser().parse_args(argv)
 
     def log(message: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)

@@ -1,8 +1,10 @@
 """`qa serve --workers N`: several server processes over one index folder, each following its CURRENT pointer.
 
 The supervisor (the process `qa serve` starts in) never loads the model: a first child process builds
-the index if there is none, then the supervisor binds the listening socket once and starts N worker
-processes that accept on it (the kernel hands each connection to one of them). Every worker, like a
+the index if there is none, then the supervisor reserves the port and starts N worker processes, each
+listening on it with SO_REUSEPORT, so the kernel spreads new connections over them evenly. (With one
+socket shared by all, the worker whose event loop wakes first accepts every waiting connection: eight
+clients that connect at once all land on one worker.) Every worker, like a
 single `qa serve`, polls the index's CURRENT pointer: when another process (`qa index`, `qa add`, or
 another worker's POST /documents) has made a new version live, the worker loads that version whole,
 checksums included, and swaps it in between two questions. A version is only named in CURRENT once
@@ -96,8 +98,8 @@ def _prepare(settings: Settings, errors: Any) -> None:
     errors.send(None)
 
 
-def _worker(settings: Settings, listener: socket.socket) -> None:
-    """Child process: one server answering on the shared socket and following CURRENT."""
+def _worker(settings: Settings) -> None:
+    """Child process: one server answering on its own socket of the shared port, and following CURRENT."""
     import uvicorn
 
     from .api import create_app, limit_threads
@@ -110,23 +112,26 @@ def _worker(settings: Settings, listener: socket.socket) -> None:
     assistant.embedder.embed(["warm up"])  # so the first question does not pay for loading the model
     VersionFollower(assistant).start()
     log.info("worker serving index version %s", assistant.stats()["version"])
+    listener = bind(settings.host, settings.port)
+    listener.listen(2048)
     config = uvicorn.Config(create_app(assistant), log_level="info")
     uvicorn.Server(config).run(sockets=[listener])
 
 
 def bind(host: str, port: int) -> socket.socket:
-    """The listening socket every worker accepts on."""
+    """A socket bound to host:port that other sockets of this user may bind too (SO_REUSEPORT)."""
     family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-    listener = socket.socket(family, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # IPPROTO_TCP, not 0: asyncio turns Nagle off (TCP_NODELAY) only on sockets that say they are TCP, and
+    # with Nagle on, a response written in two parts waits for the client's delayed ACK (40 ms).
+    bound = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    bound.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    bound.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
-        listener.bind((host, port))
+        bound.bind((host, port))
     except OSError as exc:
-        listener.close()
+        bound.close()
         raise QAError(f"cannot listen on {host}:{port} ({exc.strerror}); choose another --port") from None
-    listener.listen(2048)
-    listener.set_inheritable(True)
-    return listener
+    return bound
 
 
 def serve(settings: Settings) -> None:
@@ -140,7 +145,8 @@ def serve(settings: Settings) -> None:
     problem = receiver.recv() if receiver.poll() else "the process preparing the index failed; see the log above"
     if problem is not None:
         raise IndexError_(problem)
-    listener = bind(settings.host, settings.port)
+    # Held, never listened on, until the workers stop: the port is checked once, here, and stays ours.
+    reservation = bind(settings.host, settings.port)
     stopping = threading.Event()
 
     def stop(signum: int, frame: Any) -> None:
@@ -150,7 +156,7 @@ def serve(settings: Settings) -> None:
     workers: list[tuple[Any, float]] = []
     try:
         for _ in range(settings.workers):
-            workers.append(_start(context, settings, listener))
+            workers.append(_start(context, settings))
         log.info("serving on http://%s:%d with %d worker processes", settings.host, settings.port, settings.workers)
         while not stopping.wait(0.5):
             for number, (process, started) in enumerate(workers):
@@ -160,7 +166,7 @@ def serve(settings: Settings) -> None:
                     raise QAError(f"worker {process.pid} exited with status {process.exitcode} right after "
                                   "starting; see the log above")
                 log.warning("worker %d exited with status %s; starting another", process.pid, process.exitcode)
-                workers[number] = _start(context, settings, listener)
+                workers[number] = _start(context, settings)
     finally:
         for process, _ in workers:
             if process.is_alive():
@@ -170,12 +176,12 @@ def serve(settings: Settings) -> None:
             if process.is_alive():
                 process.kill()
                 process.join()
-        listener.close()
+        reservation.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
 
-def _start(context: Any, settings: Settings, listener: socket.socket) -> tuple[Any, float]:
-    process = context.Process(target=_worker, args=(settings, listener), name="qa-worker")
+def _start(context: Any, settings: Settings) -> tuple[Any, float]:
+    process = context.Process(target=_worker, args=(settings,), name="qa-worker")
     process.start()
     return process, time.monotonic()

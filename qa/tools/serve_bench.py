@@ -1,0 +1,109 @@
+"""`qa bench --workers 1,2`: requests per second of `qa serve --workers N` with concurrent loopback clients.
+
+Each level starts a real server on the same built index, warms every worker, then sends distinct
+questions (none is an answer-cache hit) from `--clients` keep-alive connections and reports requests
+per second, latency percentiles, and the CPU time each worker process spent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from .. import documents
+from ..benchmark import REPO, _clients, cores, free_port, git_commit, load_average, percentile, proc_cpu_seconds
+
+
+def questions_from(docs_dir: Path, count: int, seed: int = 7) -> list[str]:
+    """Distinct questions made of words from the articles, so every request is worked out anew."""
+    words: list[str] = []
+    for doc in documents.load_all(documents.article_files(docs_dir)):
+        words.extend(re.findall(r"[A-Za-z]{4,}", doc.text))
+    rng = random.Random(seed)
+    made: dict[str, None] = {}
+    while len(made) < count:
+        made["What about " + " ".join(rng.sample(words, rng.randint(3, 8))) + "?"] = None
+    return list(made)
+
+
+def workers_of(log_path: Path) -> list[int]:
+    """The worker processes' ids, as each logged it on loading the index (none for a single process)."""
+    return sorted({int(pid) for pid in re.findall(r"qa\.workers\[(\d+)\]: worker serving", log_path.read_text())})
+
+
+def start(workers: int, docs_dir: Path, index_dir: Path, log_path: Path, timeout: float = 300) -> tuple[subprocess.Popen[bytes], int]:
+    """`qa serve --workers N` on a free port, returned once every worker has loaded the index."""
+    port = free_port()
+    command = [sys.executable, "-m", "qa.cli", "serve", "--docs", str(docs_dir), "--index", str(index_dir),
+               "--port", str(port), "--workers", str(workers)]
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + timeout
+    while log_path.read_text(errors="replace").count("Application startup complete") < workers:
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"the server did not start; see {log_path}")
+        time.sleep(0.1)
+    return process, port
+
+
+def measure(workers: int, args: argparse.Namespace, questions: list[str]) -> dict[str, float]:
+    process, port = start(workers, args.docs, args.index, args.cache / f"serve-{workers}.log")
+    try:
+        asyncio.run(_clients(port, questions[:args.clients * 4], args.clients))  # warm every connection's worker
+        pids = workers_of(args.cache / f"serve-{workers}.log") or [process.pid]
+        cpu_before = {pid: proc_cpu_seconds(pid) for pid in pids}
+        latencies, wall = asyncio.run(_clients(port, questions[args.clients * 4:], args.clients))
+        cpu = [proc_cpu_seconds(pid) - cpu_before[pid] for pid in pids]
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return {"workers": workers, "requests": len(latencies), "rps": len(latencies) / wall,
+            "p50_ms": percentile(latencies, 50) * 1000, "p95_ms": percentile(latencies, 95) * 1000,
+            "cpu_ms_per_request": sum(cpu) / len(latencies) * 1000,
+            "cpu_share": " / ".join(f"{c / sum(cpu):.0%}" for c in cpu) if sum(cpu) else "-"}
+
+
+def render(rows: list[dict[str, float]], args: argparse.Namespace) -> str:
+    lines = [f"`qa bench --workers {args.workers}` at {git_commit()}, {cores()} cores, load average {load_average()}, "
+             f"{args.clients} keep-alive clients on loopback, {rows[0]['requests']} distinct questions per level:", "",
+             "| workers | requests/s | p50 ms | p95 ms | CPU ms per request | CPU share per worker |",
+             "|---|---|---|---|---|---|"]
+    for row in rows:
+        lines.append(f"| {row['workers']} | {row['rps']:.1f} | {row['p50_ms']:.1f} | {row['p95_ms']:.1f} | "
+                     f"{row['cpu_ms_per_request']:.2f} | {row['cpu_share']} |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="qa bench --workers", description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--workers", default="1,2", help="worker counts to compare, comma-separated (default 1,2)")
+    parser.add_argument("--clients", type=int, default=8, help="concurrent keep-alive connections (default 8)")
+    parser.add_argument("--requests", type=int, default=800, help="timed requests per level (default 800)")
+    parser.add_argument("--docs", type=Path, default=REPO / "seeds", help="articles folder (default seeds/)")
+    parser.add_argument("--index", type=Path, default=REPO / "bench/.cache/workers/index", help="index folder")
+    parser.add_argument("--cache", type=Path, default=REPO / "bench/.cache/workers", help="logs")
+    args = parser.parse_args(argv)
+    levels = [int(n) for n in args.workers.split(",")]
+    questions = questions_from(args.docs, args.requests + args.clients * 4)
+    rows = [measure(n, args, questions) for n in levels]
+    print(render(rows, args))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
