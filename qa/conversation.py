@@ -1,0 +1,162 @@
+"""Follow-up questions and keyword queries -> what to search for, without a hosted model.
+
+A follow-up leaves things out: "How big is its Shenzhen part?" (a pronoun), "And how many R&D
+platforms?", "Why the delay?" (an elided subject). The conversation's earlier questions fill them
+in: a pronoun is replaced by the last named entity the earlier questions mention, and the latest
+earlier question joins retrieval as context, at a lower weight than the question itself. A question
+that names its own subject and has no pronoun or leading "and" stands on its own and is searched
+as if there were no history.
+
+A keyword query ("area of Hetao") has no question word; it is searched as the question it stands
+for ("What is the area of Hetao?"), so the answer step knows what kind of answer is wanted.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Sequence
+
+MAX_HISTORY = 8
+# Words a question or request starts with; a query starting with none of them is taken as keywords.
+_STARTERS = frozenset("""
+what what's whats which who who's whom whose when where where's why how how's is are was were am do does did
+can could will would shall should may might must has have had tell list name describe explain show give find
+compare define summarise summarize according in on at for from during since after before by if please and
+""".split())
+# Pronouns that point back to something earlier ("there" only where it is not "there is/are").
+_PRONOUN = re.compile(
+    r"\b(?P<word>its|it|he|she|him|his|her|they|them|their|there)\b(?!\s+(?:is|are|was|were|will|have|has|had|"
+    r"be|been|being|remain|seem|appear|exists?)\b)",
+    re.IGNORECASE,
+)
+# Openings that mark a question as continuing the last one.
+_CONTINUATION = re.compile(r"^(?:and|also|so|but|then|what about|how about|and what about)\b[\s,]*", re.IGNORECASE)
+# A named entity: capitalised words (with "of", "and", "-" between them), then up to three lower-case
+# words that finish the noun phrase ("the Hetao cooperation zone").
+_NAME = re.compile(
+    r"(?:\b[Tt]he\s+)?(?P<name>(?:[A-Z][\w&'’.-]*)(?:\s+(?:of\s+|and\s+|for\s+)?[A-Z][\w&'’.-]*)*)"
+    r"(?P<tail>(?:\s+(?!(?:has|have|had|is|are|was|were|did|do|does|will|be|to|in|on|at|of|for|by|with|and|or|"
+    r"from|that|which|who|its|their|the|a|an)\b)[a-z][\w-]*){0,3})"
+)
+_TAIL_NOUNS = frozenset("""
+zone zones park parks area city cities institute university company companies platform platforms plan
+government council office centre center hub branch project projects district port river region bank
+cooperation innovation science technology development research part parts side sides section sections
+""".split())
+_NOT_NAMES = frozenset("""
+January February March April May June July August September October November December
+Monday Tuesday Wednesday Thursday Friday Saturday Sunday I
+""".split())
+_QUESTION_WORD_NAMES = frozenset({"What", "Which", "Who", "Whom", "Whose", "When", "Where", "Why", "How", "Is",
+                                  "Are", "Was", "Were", "Do", "Does", "Did", "Can", "Could", "Will", "Would",
+                                  "And", "Also", "So", "But", "Then", "In", "On", "At", "Tell", "List", "Name"})
+
+
+@dataclass(frozen=True)
+class Query:
+    """A question as it is searched: `text` is searched and answered; `context`, from the conversation,
+    joins retrieval at a lower weight ("" when the question stands on its own)."""
+
+    question: str  # as the user typed it
+    text: str  # with keywords made a question and pronouns resolved
+    context: str = ""
+    # What the answer step reads: like `text`, but a possessive ("its Shenzhen part") is left out, since the
+    # question asks about the thing it qualifies, and the named entity would favour sentences about the whole.
+    answer_text: str = ""
+
+    @property
+    def followup(self) -> bool:
+        return bool(self.context)
+
+
+def is_keywords(question: str) -> bool:
+    """A query with no question word or request at its start: "area of Hetao", "Hetao zone size"."""
+    words = re.findall(r"[\w'’]+", question.lower())
+    return bool(words) and words[0] not in _STARTERS and not question.rstrip().endswith("?")
+
+
+def as_question(question: str) -> str:
+    """A keyword query as the question it stands for; any other text unchanged."""
+    text = question.strip()
+    if not is_keywords(text):
+        return text
+    body = re.sub(r"^(?:the|a|an)\s+", "", text.rstrip(" ?.!"), flags=re.IGNORECASE)
+    return f"What is the {body}?"
+
+
+def entities(text: str) -> list[str]:
+    """Named entities in order of appearance, each with the nouns that finish its phrase."""
+    found = []
+    for match in _NAME.finditer(text):
+        name = match.group("name")
+        first, _, rest = name.partition(" ")
+        if first in _QUESTION_WORD_NAMES:  # "What", "How": capitalised only because they open the question
+            if not rest or not rest[:1].isupper():
+                continue
+            name = rest
+        if name in _NOT_NAMES:
+            continue
+        tail = match.group("tail").split()
+        # Keep the lower-case words only while they are nouns that name the thing ("cooperation zone").
+        kept = []
+        for word in tail:
+            if word.lower() not in _TAIL_NOUNS:
+                break
+            kept.append(word)
+        phrase = " ".join([name, *kept])
+        found.append(("the " + phrase) if kept else phrase)
+    return found
+
+
+def _has_own_subject(text: str) -> bool:
+    return bool(entities(text))
+
+
+def resolve(question: str, history: Sequence[str] = ()) -> Query:
+    """The question to search for, given the earlier questions of the conversation (oldest first)."""
+    text = as_question(question)
+    if not history:
+        return Query(question, text, "", text)
+    # Earlier questions may themselves be follow-ups: resolve them in order, each against those before it.
+    earlier: list[str] = []
+    for past in history:
+        earlier.append(_resolve_one(past, earlier)[0])
+    resolved, followup, answer_text = _resolve_one(question, earlier)
+    if not followup:
+        return Query(question, resolved, "", resolved)
+    return Query(question, resolved, earlier[-1], answer_text)
+
+
+def _resolve_one(question: str, earlier: Sequence[str]) -> tuple[str, bool, str]:
+    """(the question with its pronouns resolved, whether it leans on the earlier questions, the answer step's text)."""
+    text = as_question(question)
+    if not earlier:
+        return text, False, text
+    pronouns = list(_PRONOUN.finditer(text))
+    continuation = _CONTINUATION.match(text)
+    if not pronouns and not continuation and _has_own_subject(text):
+        return text, False, text
+    if continuation:
+        text = text[continuation.end():]
+        text = text[:1].upper() + text[1:]
+    name = next((found[-1] for past in reversed(earlier) if (found := entities(past))), None)
+    if name is None or not pronouns:
+        return text, True, text
+    answer_text = _PRONOUN.sub(lambda m: "" if m.group("word").lower() in _POSSESSIVE else _replace(m.group("word"), name),
+                               text)
+    return _PRONOUN.sub(lambda m: _replace(m.group("word"), name), text), True, " ".join(answer_text.split())
+
+
+_POSSESSIVE = frozenset({"its", "their", "his"})
+
+
+def _replace(pronoun: str, name: str) -> str:
+    lower = pronoun.lower()
+    if lower in ("its", "their", "his"):
+        return f"{name}'s"
+    if lower == "her":  # possessive or object; "the X's" reads wrong as an object, the name alone is fine
+        return name
+    if lower == "there":
+        return f"in {name}"
+    return name
