@@ -172,6 +172,7 @@ def train(settings: TrainSettings, *, progress: bool = True, log: Callable[[str]
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm))))
     step = 0
+    elapsed = 0.0  # seconds spent in the loop by earlier, interrupted runs
     checkpoint = out / "checkpoint.pt"
     if checkpoint.exists():
         state = torch.load(checkpoint, weights_only=False)
@@ -182,6 +183,7 @@ def train(settings: TrainSettings, *, progress: bool = True, log: Callable[[str]
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
         step = state["step"]
+        elapsed = state.get("elapsed", 0.0)
         log(f"resuming at step {step:,} of {total:,}")
     model.train()
     loop_started, first_step = time.time(), step
@@ -212,14 +214,17 @@ def train(settings: TrainSettings, *, progress: bool = True, log: Callable[[str]
             history.flush()
             _save(checkpoint, {"settings": asdict(settings), "model": model.state_dict(),
                                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                               "torch_rng": torch.get_rng_state(), "step": step})
+                               "torch_rng": torch.get_rng_state(), "step": step,
+                               "elapsed": elapsed + time.time() - loop_started})
     bar.close()
     history.close()
     model.eval()
     torch.save(model.state_dict(), out / "reader.pt")
     tokenizer.save_pretrained(out / "tokenizer")
-    (out / "train_settings.json").write_text(json.dumps({**asdict(settings), "steps": total, "pairs": len(pairs),
-                                                         "pair_kinds": kinds}, indent=2) + "\n")
+    (out / "train_settings.json").write_text(json.dumps({
+        **asdict(settings), "steps": total, "pairs": len(pairs), "pair_kinds": kinds,
+        "loop_seconds": round(elapsed + time.time() - loop_started), "torch": torch.__version__,
+    }, indent=2) + "\n")
     rate = (step - first_step) * settings.batch_size / max(1e-9, time.time() - loop_started)
     log(f"trained {total:,} steps in {time.time() - started:.0f} s ({rate:.1f} pairs/s in the loop)")
     return out
