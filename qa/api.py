@@ -29,8 +29,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from . import serialize
 from .assistant import Assistant, Upload
 from .config import Settings
-from .errors import (DocumentError, DocumentNotFound, IndexBusy, IndexCorrupt, IndexError_, IndexIncompatible,
-                     IndexMissing, QAError, QuestionError)
+from .errors import (BuildCancelled, DocumentError, DocumentNotFound, IndexBusy, IndexCorrupt, IndexError_,
+                     IndexIncompatible, IndexMissing, QAError, QuestionError, TooManyUpdates)
 
 log = logging.getLogger("qa.api")
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
@@ -45,11 +45,12 @@ MAX_FILES = 20
 
 _STATUS: dict[type[QAError], int] = {
     QuestionError: 422, DocumentNotFound: 404, DocumentError: 422, IndexMissing: 503, IndexBusy: 409,
-    IndexCorrupt: 503, IndexIncompatible: 503, IndexError_: 503,
+    TooManyUpdates: 429, IndexCorrupt: 503, IndexIncompatible: 503, IndexError_: 503,
 }
 _CODES: dict[type[QAError], str] = {
     QuestionError: "bad_question", DocumentNotFound: "not_found", DocumentError: "bad_document",
     IndexMissing: "no_index", IndexBusy: "busy", IndexCorrupt: "index_corrupt", IndexIncompatible: "index_incompatible",
+    TooManyUpdates: "too_many_updates", BuildCancelled: "cancelled",
 }
 
 
@@ -170,6 +171,7 @@ class Job:
     status: str = "queued"
     message: str | None = None
     index_version: str | None = None
+    size: int = 0  # bytes of articles the job holds while it waits
     done: threading.Event = field(default_factory=threading.Event)
 
     def json(self) -> dict[str, Any]:
@@ -178,25 +180,54 @@ class Job:
 
 
 class Jobs:
-    """Index updates run one at a time off the request path; questions keep the old index meanwhile."""
+    """Index updates run one at a time off the request path; questions keep the old index meanwhile.
 
-    def __init__(self) -> None:
+    At most `max_waiting` updates, holding at most `max_waiting_bytes` of uploaded articles, wait
+    their turn: past either, submit raises TooManyUpdates (429 with Retry-After).
+    """
+
+    def __init__(self, max_waiting: int = 8, max_waiting_bytes: int = 40_000_000) -> None:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qa-index")
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
+        self.max_waiting = max_waiting
+        self.max_waiting_bytes = max_waiting_bytes
 
     # Finished jobs are remembered for GET /jobs/{id}; beyond this many the oldest finished ones go.
     KEEP_FINISHED = 200
+    # Seconds to suggest in Retry-After per update ahead: a small article's update takes a few.
+    SECONDS_PER_UPDATE = 5
 
-    def submit(self, kind: str, names: list[str], work: Any) -> Job:
-        job = Job(uuid.uuid4().hex[:12], kind, names)
+    def check_room(self, size: int) -> None:
+        """Raise TooManyUpdates unless an update carrying `size` bytes of articles may wait now."""
         with self._lock:
+            self._check_room(size)
+
+    def _check_room(self, size: int) -> None:
+        waiting = [job for job in self._jobs.values() if job.status == "queued"]
+        waiting_bytes = sum(job.size for job in waiting)
+        retry_after = min(120, self.SECONDS_PER_UPDATE * (len(waiting) + 1))
+        if len(waiting) >= self.max_waiting:
+            raise TooManyUpdates(f"{len(waiting)} index updates are already waiting; try again in {retry_after} s",
+                                 retry_after)
+        if waiting_bytes + size > self.max_waiting_bytes:
+            raise TooManyUpdates(f"{waiting_bytes:,} bytes of articles are already waiting to be indexed (the limit is "
+                                 f"{self.max_waiting_bytes:,}); try again in {retry_after} s", retry_after)
+
+    def submit(self, kind: str, names: list[str], work: Any, size: int = 0) -> Job:
+        """Queue an update; `size` is the bytes of articles it holds in memory while it waits."""
+        job = Job(uuid.uuid4().hex[:12], kind, names, size=size)
+        with self._lock:
+            if kind != "sync":  # a folder sync holds nothing and is never queued twice (see sync)
+                self._check_room(size)
             finished = [key for key, old in self._jobs.items() if old.done.is_set()]
             for key in finished[:max(0, len(finished) - self.KEEP_FINISHED + 1)]:
                 del self._jobs[key]
             self._jobs[job.job_id] = job
 
         def run() -> None:
+            if job.done.is_set():  # failed at shutdown before it ran
+                return
             job.status = "running"
             try:
                 report = work()
@@ -222,8 +253,30 @@ class Jobs:
         with self._lock:
             return any(job.status in ("queued", "running") for job in self._jobs.values())
 
-    def shutdown(self) -> None:
-        self._pool.shutdown(wait=True)
+    def sync(self, work: Any) -> Job:
+        """Queue a folder sync (`work`), unless one is already waiting: it will see this change too."""
+        with self._lock:
+            waiting = next((job for job in self._jobs.values() if job.kind == "sync" and job.status == "queued"), None)
+        return waiting or self.submit("sync", [], work)
+
+    def shutdown(self, cancel: threading.Event | None = None, timeout: float = 10.0) -> None:
+        """Cancel the running update (`cancel` is the one its builds check) and drop the waiting ones.
+
+        A cancelled update rolls back (see qa/changes.py), so the previous version serves on the next start.
+        """
+        if cancel is not None:
+            cancel.set()
+        with self._lock:
+            jobs = list(self._jobs.values())
+        for job in jobs:
+            if job.status == "queued":
+                job.status, job.message = "failed", "the server shut down before this update ran; nothing was changed"
+                job.done.set()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        for job in jobs:
+            if not job.done.wait(timeout):
+                log.warning("index update %s did not stop within %.0f s", job.job_id, timeout)
+                break
 
 
 # --- the application --------------------------------------------------------------------------
@@ -288,15 +341,23 @@ class SecurityHeaders:
         await self.app(scope, receive, with_headers)
 
 
-def create_app(assistant: Assistant, web_dir: Path = WEB_DIR) -> Any:
-    """An app serving one assistant; the caller decides when the index is built or loaded."""
+def create_app(assistant: Assistant, web_dir: Path = WEB_DIR, *, watch: bool = False) -> Any:
+    """An app serving one assistant; the caller decides when the index is built or loaded.
+
+    `watch`: at start, bring the index in line with the articles folder, then follow articles added to
+    or deleted from the folder while serving (see qa/watch.py).
+    """
     settings: Settings = assistant.settings
     jobs = Jobs()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
+        watcher = start_watching(assistant, jobs) if watch else None
         yield
-        jobs.shutdown()
+        if watcher is not None:
+            watcher.stop()
+        jobs.shutdown(assistant.cancel)
+
 
     app = FastAPIOffline(
         lifespan=lifespan,
@@ -320,7 +381,8 @@ def create_app(assistant: Assistant, web_dir: Path = WEB_DIR) -> Any:
     async def qa_error(request: Request, exc: QAError) -> JSONResponse:
         status = next((code for kind, code in _STATUS.items() if isinstance(exc, kind)), 400)
         code = next((name for kind, name in _CODES.items() if isinstance(exc, kind)), "error")
-        return error_response(status, code, str(exc))
+        retry = {"Retry-After": str(exc.retry_after)} if isinstance(exc, TooManyUpdates) else None
+        return error_response(status, code, str(exc), retry)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -401,12 +463,13 @@ def create_app(assistant: Assistant, web_dir: Path = WEB_DIR) -> Any:
             raise DocumentError("no files uploaded")
         if len(files) > MAX_FILES:
             raise DocumentError(f"at most {MAX_FILES} files at once")
+        jobs.check_room(sum(upload.size or 0 for upload in files))  # refused before any parsing
         uploads = []
         for upload in files:
             data = await upload.read(settings.max_upload_bytes + 1)
             uploads.append(Upload(upload.filename or "", data))
         names = [name for name, _ in assistant.validate_uploads(uploads)]
-        return jobs.submit("add", names, lambda: assistant.add(uploads)).json()
+        return jobs.submit("add", names, lambda: assistant.add(uploads), sum(len(u.data) for u in uploads)).json()
 
     @app.delete("/documents/{doc_id}", status_code=202, response_model=JobModel, responses=_ERRORS,
                 summary="Remove an article", dependencies=[Depends(require_token)])
@@ -422,6 +485,20 @@ def create_app(assistant: Assistant, web_dir: Path = WEB_DIR) -> Any:
         return job.json()
 
     return app
+
+
+def start_watching(assistant: Assistant, jobs: Jobs) -> Any:
+    """Queue a sync of the index with the articles folder now, and another whenever the folder changes.
+
+    Returns the running Watcher. (Versions other processes make live are followed by workers.VersionFollower.)
+    """
+    from .watch import Watcher
+
+    def sync() -> None:
+        jobs.sync(lambda: assistant.build(log=log.info))
+
+    sync()
+    return Watcher(assistant.settings.docs_dir, sync).start()
 
 
 def limit_threads() -> None:
@@ -461,4 +538,4 @@ def serve(settings: Settings) -> None:
     log.info("serving %d articles on http://%s:%d", assistant.stats()["documents"], settings.host, settings.port)
     # uvicorn parses HTTP with httptools (a dependency) when it is installed: about 0.2 ms less per request
     # than its pure-Python h11 parser.
-    uvicorn.run(create_app(assistant), host=settings.host, port=settings.port, log_level="info")
+    uvicorn.run(create_app(assistant, watch=True), host=settings.host, port=settings.port, log_level="info")

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import os
+import contextlib
 import re
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from . import answer as answering
-from . import documents, indexing, store
+from . import changes, documents, indexing, store
 from .config import Settings
 from .documents import Document
 from .embedding import Embedder, create
@@ -88,6 +88,10 @@ class Assistant:
         self._snapshot: Snapshot | None = None
         self._lexicon: Lexicon | None = None
         self._build_lock = threading.Lock()
+        # Set to stop this assistant's index updates (the server is shutting down): see indexing.build.
+        self.cancel = threading.Event()
+        # Seconds an update waits for another process's build to end before giving up (IndexBusy).
+        self.lock_wait = 600.0
         self._cache: OrderedDict[tuple[Any, ...], Result] = OrderedDict()
         self._cache_lock = threading.Lock()
 
@@ -144,20 +148,33 @@ class Assistant:
         return self.build(progress=progress, log=log)
 
     def build(self, *, full: bool = False, progress: bool = False, log: Callable[[str], None] = lambda m: None) -> BuildReport:
-        """Update the index from the articles folder and swap it in."""
+        """Bring the index in line with the articles folder (only changed articles are embedded) and swap it in."""
         with self._build_lock:
             return self._update(full=full, progress=progress, log=log)
 
-    def _update(self, *, full: bool = False, progress: bool = False,
-                log: Callable[[str], None] = lambda m: None) -> BuildReport:
-        """Build from the live snapshot and swap in the version written, as it is in memory (hold _build_lock)."""
+    def _update(self, *, full: bool = False, progress: bool = False, log: Callable[[str], None] = lambda m: None,
+                locked: bool = False) -> BuildReport:
+        """Build from the live snapshot and swap in the version written, as it is in memory (hold _build_lock).
+
+        `locked`: the caller holds the index's build lock too (see _changing).
+        """
         current = self._snapshot.data if self._snapshot is not None else None
-        report = indexing.build(self.settings, self.embedder, full=full, progress=progress, log=log, current=current)
+        report = indexing.build(self.settings, self.embedder, full=full, progress=progress, log=log, current=current,
+                                locked=locked, lock_wait=self.lock_wait, cancel=self.cancel)
         if report.data is not None:
             self._snapshot = Snapshot(report.data, self._lexicon_once())
-        elif self._snapshot is None:
-            self.load()
+        elif self._snapshot is None or self._snapshot.version != store.current_version(self.settings.index_dir):
+            self.load()  # nothing to build, but another process made a newer version live
         return report
+
+    @contextlib.contextmanager
+    def _changing(self, log: Callable[[str], None]) -> Iterator[None]:
+        """Hold the index's build lock for an add or remove, after finishing one a crash interrupted."""
+        with store.build_lock(self.settings.index_dir, self.lock_wait, self.cancel):
+            if changes.recover(self.settings.docs_dir):
+                log("finished an add or remove that was interrupted")
+                self._update(log=log, locked=True)
+            yield
 
     # --- articles ------------------------------------------------------------------------
 
@@ -205,25 +222,12 @@ class Assistant:
         return checked
 
     def add(self, uploads: Sequence[Upload], *, progress: bool = False, log: Callable[[str], None] = lambda m: None) -> BuildReport:
-        """Copy new articles into the articles folder and index just them; all or nothing."""
-        with self._build_lock:
+        """Copy new articles into the articles folder and index just them: one commit (see qa/changes.py)."""
+        with self._build_lock, self._changing(log):
             checked = self.validate_uploads(uploads)
-            docs_dir = self.settings.docs_dir
-            docs_dir.mkdir(parents=True, exist_ok=True)
-            written: list[Path] = []
-            try:
-                for (name, _), upload in zip(checked, uploads):
-                    target = docs_dir / name
-                    temp = docs_dir / f".{name}.part"
-                    temp.write_bytes(upload.data)
-                    os.replace(temp, target)
-                    written.append(target)
-                return self._update(progress=progress, log=log)
-            except BaseException:
-                # A failed add leaves the folder as it was, so the next build does not pick it up.
-                for path in written:
-                    path.unlink(missing_ok=True)
-                raise
+            added = [(name, upload.data) for (name, _), upload in zip(checked, uploads)]
+            with changes.change(self.settings.docs_dir, add=added):
+                return self._update(progress=progress, log=log, locked=True)
 
     def add_paths(self, paths: Sequence[Path], **kwargs: Any) -> BuildReport:
         uploads = []
@@ -234,22 +238,15 @@ class Assistant:
         return self.add(uploads, **kwargs)
 
     def remove(self, doc_id: str, *, log: Callable[[str], None] = lambda m: None) -> BuildReport:
-        """Delete an article (and its sidecar) from the folder and the index; restored if the rebuild fails."""
-        with self._build_lock:
+        """Delete an article (and its sidecar) from the folder and the index: one commit (see qa/changes.py)."""
+        with self._build_lock, self._changing(log):
             files = [p for p in documents.article_files(self.settings.docs_dir) if p.stem == doc_id]
             if not files:
                 raise DocumentNotFound(f"no article with id {doc_id!r}")
             sidecar = files[0].with_name(doc_id + documents.META_SUFFIX)
-            doomed = files + ([sidecar] if sidecar.is_file() else [])
-            saved = {path: path.read_bytes() for path in doomed}
-            for path in doomed:
-                path.unlink()
-            try:
-                return self._update(log=log)
-            except BaseException:
-                for path, data in saved.items():
-                    path.write_bytes(data)
-                raise
+            doomed = [path.name for path in files] + ([sidecar.name] if sidecar.is_file() else [])
+            with changes.change(self.settings.docs_dir, remove=doomed):
+                return self._update(log=log, locked=True)
 
     # --- questions -----------------------------------------------------------------------
 

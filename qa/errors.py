@@ -8,7 +8,10 @@
     └── IndexError_              the index cannot be used
         ├── IndexMissing         nothing has been built yet
         ├── IndexIncompatible    built by another model or format version
-        └── IndexCorrupt         a file is missing, truncated or fails its checksum
+        ├── IndexCorrupt         a file is missing, truncated or fails its checksum
+        ├── IndexBusy            another process is building, and did not finish in time
+        ├── BuildCancelled       an update was stopped (the server is shutting down); nothing changed
+        └── TooManyUpdates       the queue of waiting updates is full; try again shortly
 
 Messages say what to do next; adapters decide how to show them (exit codes, HTTP status).
 """
@@ -54,3 +57,15 @@ class IndexCorrupt(IndexError_):
 
 class IndexBusy(IndexError_):
     """Raised when another process holds the index directory's build lock."""
+
+
+class BuildCancelled(IndexError_):
+    """Raised when an index update is cancelled before its commit; the folder and index are as they were."""
+
+
+class TooManyUpdates(IndexError_):
+    """Raised when too many index updates, or too many bytes of articles, are already waiting."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after  # seconds: a fair guess at when the queue will have room

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 from bisect import bisect_left
 from collections import Counter
@@ -12,16 +14,26 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import documents, lexical, store
+from . import changes, documents, lexical, store
 from .chunking import Chunk, chunk_text, sentence_units
 from .config import Settings
 from .documents import Document
 from .embedding import EXPORT_VERSION, Embedder
-from .errors import DocumentError, IndexCorrupt, IndexIncompatible, IndexMissing
+from .errors import BuildCancelled, DocumentError, IndexCorrupt, IndexIncompatible, IndexMissing
 from .lexical import IndexTerms, Lexicon
 from .store import IndexData
 
 Log = Callable[[str], None]
+# Passages are embedded this many at a time: the tokenizer's encodings of a slice (tens of KB per
+# passage) are freed before the next, so a build's memory does not grow with the size of an upload,
+# and a cancelled build stops within a slice (about 2 s of the packaged model on 2 cores).
+EMBED_SLICE = 128
+
+
+def check_cancel(cancel: threading.Event | None) -> None:
+    """Raise BuildCancelled if the build was asked to stop (the server is shutting down)."""
+    if cancel is not None and cancel.is_set():
+        raise BuildCancelled("the index update was cancelled; the previous version is still the live one")
 
 
 @dataclass(frozen=True)
@@ -190,7 +202,7 @@ def tokenise_missing(parts: list[_Part], lexicon: Lexicon) -> int:
 
 
 def embed_documents(docs: list[Document], settings: Settings, embedder: Embedder, progress: bool,
-                    lexicon: Lexicon) -> list[_Part]:
+                    lexicon: Lexicon, cancel: threading.Event | None = None) -> list[_Part]:
     """Chunk, embed and tokenise new or changed articles.
 
     With an embedder that can (the ONNX backends), each sentence's vector is pooled from its
@@ -201,10 +213,13 @@ def embed_documents(docs: list[Document], settings: Settings, embedder: Embedder
     chunks = [c for doc_chunks, _, _ in split for c in doc_chunks]
     sentence_texts = [doc.text[s:e] for doc, (_, spans, _) in zip(docs, split) for s, e in spans]
     if hasattr(embedder, "embed_spans") and chunks:
-        passage_vectors, sentence_vectors = _in_context(docs, split, chunks, sentence_texts, embedder, progress)
+        passage_vectors, sentence_vectors = _in_context(docs, split, chunks, sentence_texts, embedder, progress, cancel)
     else:
         texts = [c.text for c in chunks] + sentence_texts
-        vectors = embedder.embed(texts, progress=progress) if texts else np.zeros((0, embedder.dimension), np.float32)
+        vectors = np.zeros((len(texts), embedder.dimension), np.float32)
+        for at in range(0, len(texts), EMBED_SLICE):
+            check_cancel(cancel)
+            vectors[at:at + EMBED_SLICE] = embedder.embed(texts[at:at + EMBED_SLICE], progress=progress)
         passage_vectors, sentence_vectors = vectors[:len(chunks)], vectors[len(chunks):]
     parts, p_at, s_at = [], 0, 0
     for doc, (doc_chunks, spans, ranges) in zip(docs, split):
@@ -218,10 +233,17 @@ def embed_documents(docs: list[Document], settings: Settings, embedder: Embedder
 
 def _in_context(docs: list[Document], split: list[tuple[list[Chunk], list[tuple[int, int]], list[tuple[int, int]]]],
                 chunks: list[Chunk], sentence_texts: list[str], embedder: Any,
-                progress: bool) -> tuple[np.ndarray, np.ndarray]:
+                progress: bool, cancel: threading.Event | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Passage vectors, and sentence vectors pooled from the first passage that holds each sentence."""
     relative = [[(s - c.start, e - c.start) for s, e in c.sentences] for c in chunks]
-    passage_vectors, pooled = embedder.embed_spans([c.text for c in chunks], relative, progress=progress)
+    passage_vectors = np.zeros((len(chunks), embedder.dimension), dtype=np.float32)
+    pooled: list[np.ndarray] = []
+    for at in range(0, len(chunks), EMBED_SLICE):
+        check_cancel(cancel)
+        vectors, spans = embedder.embed_spans([c.text for c in chunks[at:at + EMBED_SLICE]],
+                                              relative[at:at + EMBED_SLICE], progress=progress)
+        passage_vectors[at:at + len(vectors)] = vectors
+        pooled.extend(spans)
     sentence_vectors = np.zeros((len(sentence_texts), embedder.dimension), dtype=np.float32)
     filled = np.zeros(len(sentence_texts), dtype=bool)
     at, base = 0, 0
@@ -242,15 +264,20 @@ def _in_context(docs: list[Document], split: list[tuple[list[Chunk], list[tuple[
 
 
 def build(settings: Settings, embedder: Embedder, *, full: bool = False, progress: bool = False,
-          log: Log = lambda message: None, current: IndexData | None = None) -> BuildReport:
+          log: Log = lambda message: None, current: IndexData | None = None, locked: bool = False,
+          lock_wait: float = 0.0, cancel: threading.Event | None = None) -> BuildReport:
     """Bring the index in line with the articles folder; only changed articles are embedded.
 
     `current` is the live version already in memory, if the caller has it: used instead of reading
-    it again when it is still the live one on disk.
+    it again when it is still the live one on disk. `locked`: the caller holds the build lock (and has
+    recovered any interrupted change, see changes.py); otherwise it is taken here, waiting up to
+    `lock_wait` seconds. `cancel`, when set, stops the build before its commit (BuildCancelled).
     """
     started = time.perf_counter()
     index_dir = settings.index_dir
-    with store.build_lock(index_dir):
+    with contextlib.nullcontext() if locked else store.build_lock(index_dir, lock_wait, cancel):
+        if not locked and changes.recover(settings.docs_dir):
+            log("finished an add or remove that was interrupted")
         store.clean_staging(index_dir)
         files = documents.article_files(settings.docs_dir)
         expected = store.compatibility(model_tag(settings), None, chunking_settings(settings))
@@ -297,8 +324,8 @@ def build(settings: Settings, embedder: Embedder, *, full: bool = False, progres
                                time.perf_counter() - started, full)
         if changed:
             log(f"embedding {len(changed)} article(s)")
-        new_parts = embed_documents(changed, settings, embedder, progress, lexicon)
-        parts = kept + new_parts
+        parts = kept + embed_documents(changed, settings, embedder, progress, lexicon, cancel)
+        check_cancel(cancel)
         terms = merged_terms(parts)
         fields = {"model": model_tag(settings), "chunking": chunking_settings(settings)}
         with ThreadPoolExecutor(max_workers=1) as pool:
@@ -306,6 +333,7 @@ def build(settings: Settings, embedder: Embedder, *, full: bool = False, progres
             # mostly memory, file I/O, hashing and FAISS, which release it: on two cores the two overlap.
             bm25 = pool.submit(lexical.bm25_indexes, terms)
             data = assemble(parts, embedder.dimension, terms)
-            data = store.write(index_dir, data, fields, base, bm25)
+            del parts  # the new articles' arrays are copied into data's: free them before writing
+            data = store.write(index_dir, data, fields, base, bm25, cancel)
         return BuildReport(data.version, len(data.documents), len(data.chunks), [d.doc_id for d in changed], removed,
                            skipped, time.perf_counter() - started, full, data)

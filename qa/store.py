@@ -24,6 +24,7 @@ import io
 import json
 import os
 import shutil
+import threading
 import time
 import uuid
 from concurrent.futures import Future
@@ -37,7 +38,7 @@ import numpy.lib.format as npy
 
 from .chunking import Chunk
 from .documents import CLEANING_VERSION, Document
-from .errors import IndexBusy, IndexCorrupt, IndexIncompatible, IndexMissing
+from .errors import BuildCancelled, IndexBusy, IndexCorrupt, IndexIncompatible, IndexMissing
 from .lexical import LEXICON_VERSION, Bm25Indexes, IndexTerms, import_bm25s, pack, unpack
 
 # Term files were added without a format change: older versions still load (see the module docstring).
@@ -275,12 +276,13 @@ def _passages_json(data: IndexData) -> bytes:
 
 
 def write(index_dir: Path, data: IndexData, settings_fields: dict[str, Any], base: IndexData | None = None,
-          bm25: Future[Bm25Indexes | None] | None = None) -> IndexData:
+          bm25: Future[Bm25Indexes | None] | None = None, cancel: threading.Event | None = None) -> IndexData:
     """Write a new version beside the live one and make it live; returns it as load() would give it.
 
     `base` is the version `data` was built from, if any: its HNSW graph is grown rather than rebuilt
     when `data` only adds articles to it (see dense_index). `bm25`, if given, is data's bm25s indexes
     still being built (see indexing.build): waited for only once the other files are written.
+    `cancel`, if set before the swap, leaves the live version as it is (BuildCancelled).
     """
     if data.terms is None:
         raise ValueError("an index version needs its terms (see indexing.assemble)")
@@ -313,6 +315,8 @@ def write(index_dir: Path, data: IndexData, settings_fields: dict[str, Any], bas
         }
         _fsync_write(staging / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False).encode())
         _fsync_dir(staging)
+        if cancel is not None and cancel.is_set():
+            raise BuildCancelled("the index update was cancelled; the previous version is still the live one")
         os.rename(staging, index_dir / name)
         pointer = index_dir / f".{CURRENT}.{name}"
         _fsync_write(pointer, name.encode())
@@ -363,14 +367,26 @@ def clean_staging(index_dir: Path) -> None:
 
 
 @contextlib.contextmanager
-def build_lock(index_dir: Path) -> Iterator[None]:
-    """Hold the index folder's build lock, or raise IndexBusy if another build holds it."""
+def build_lock(index_dir: Path, wait: float = 0.0, cancel: threading.Event | None = None) -> Iterator[None]:
+    """Hold the index folder's build lock, waiting up to `wait` seconds for another process's build to end.
+
+    Raises IndexBusy if it is still held then, and BuildCancelled if `cancel` is set while waiting.
+    """
     index_dir.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + wait
+    stop = cancel or threading.Event()
     with (index_dir / LOCK).open("a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise IndexBusy(f"another build is updating {index_dir}; wait for it to finish") from None
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                pass
+            if time.monotonic() >= deadline:
+                raise IndexBusy(f"another build is updating {index_dir}; wait for it to finish")
+            # flock cannot time out by itself: poll, so that a cancelled wait ends at once.
+            if stop.wait(0.05):
+                raise BuildCancelled("the index update was cancelled; nothing was changed")
         try:
             yield
         finally:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qa import documents
 from qa.chunking import chunk_text, sentence_spans
+
+from .conftest import SEEDS
 
 
 def test_sentences_respect_abbreviations_and_quotes() -> None:
@@ -45,7 +46,7 @@ def test_an_overlong_sentence_is_cut_at_words() -> None:
 
 
 def test_seed_chunks_map_back() -> None:
-    folder = Path(__file__).resolve().parent.parent / "seeds"
+    folder = SEEDS
     for doc in documents.load_all(documents.article_files(folder)):
         chunks = chunk_text(doc.doc_id, doc.text)
         assert chunks

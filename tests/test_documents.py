@@ -10,6 +10,8 @@ import pytest
 from qa import documents
 from qa.errors import DocumentError
 
+from .conftest import SEEDS
+
 PAGE = """Advertisement
 World news
 Sign up for our weekly newsletter
@@ -117,7 +119,7 @@ def test_content_hash_covers_sidecar(tmp_path: Path) -> None:
 
 
 def test_seed_articles_load_with_metadata() -> None:
-    folder = Path(__file__).resolve().parent.parent / "seeds"
+    folder = SEEDS
     docs = {d.doc_id: d for d in documents.load_all(documents.article_files(folder))}
     assert len(docs) == 5
     assert docs["001_75d156586012b08a"].published == "2023-09-01"
