@@ -36,6 +36,7 @@ from typing import Any, Iterator
 import numpy as np
 import numpy.lib.format as npy
 
+from . import compression
 from .chunking import Chunk
 from .documents import CLEANING_VERSION, Document
 from .errors import BuildCancelled, IndexBusy, IndexCorrupt, IndexIncompatible, IndexMissing
@@ -78,6 +79,8 @@ class DenseIndex:
     @property
     def kind(self) -> str:
         """As the manifest's "faiss" field names it."""
+        if compression.is_compressed(self.index):
+            return compression.KIND
         return "hnsw" if hasattr(self.index, "hnsw") else "flat-ip"
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -193,8 +196,16 @@ def make_faiss_index(vectors: np.ndarray) -> Any:
 def dense_index(data: IndexData, base: IndexData | None = None) -> DenseIndex:
     """The FAISS index of `data`: `base`'s HNSW graph grown by the new passages if `data` only adds articles.
 
-    Anything else (a removed or changed article, exact search, no base) builds the index anew.
+    Anything else (a removed or changed article, exact search, no base) builds the index anew. Above
+    compression.COMPRESS_ABOVE passages the index is compressed (IVF-SQ8), grown the same way.
     """
+    if compression.applies(len(data.vectors)):
+        kept = None
+        if base is not None and isinstance(base.faiss_index, DenseIndex) and base.faiss_index.kind == compression.KIND:
+            kept = _rows_kept(base, data)
+        if kept is None:
+            return DenseIndex(compression.make_index(data.vectors))
+        return DenseIndex(*compression.grow(base.faiss_index.index, base.faiss_index.rows, kept, data.vectors))
     if len(data.vectors) > APPROXIMATE_ABOVE and base is not None and isinstance(base.faiss_index, DenseIndex) \
             and base.faiss_index.kind == "hnsw":
         new_rows = _rows_kept(base, data)
@@ -339,7 +350,8 @@ def _write_core(folder: Path, data: IndexData, counts: dict[str, int],
                                              json.dumps(documents, ensure_ascii=False).encode()),
               "passages.json": _fsync_write(folder / "passages.json", _passages_json(data))}
     for filename, array in (("vectors.npy", data.vectors), ("sentence_vectors.npy", data.sentence_vectors)):
-        hashes[filename] = _fsync_array(folder / filename, array.astype(np.float32, copy=False))
+        hashes[filename] = _fsync_array(folder / filename, array.astype(compression.vector_dtype(len(data.chunks)),
+                                                                        copy=False))
     dense = dense_index(data, base)
     faiss.write_index(dense.index, str(folder / "dense.faiss"))
     _fsync_file(folder / "dense.faiss")
@@ -452,9 +464,12 @@ def load(index_dir: Path, verify: bool = True) -> IndexData:
     try:
         records = json.loads((folder / "documents.json").read_text(encoding="utf-8"))
         stored = json.loads((folder / "passages.json").read_text(encoding="utf-8"))
-        vectors = np.load(folder / "vectors.npy", allow_pickle=False)
-        sentence_vectors = np.load(folder / "sentence_vectors.npy", allow_pickle=False)
-        faiss_index = _read_dense(folder, LABELS in listed)
+        # A compressed version's vectors stay on disk, shared through the page cache (see compression.py).
+        compressed = manifest.get("faiss") == compression.KIND
+        mmap = "r" if compressed else None
+        vectors = np.load(folder / "vectors.npy", allow_pickle=False, mmap_mode=mmap)
+        sentence_vectors = np.load(folder / "sentence_vectors.npy", allow_pickle=False, mmap_mode=mmap)
+        faiss_index = _read_dense(folder, LABELS in listed, compressed)
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
         raise IndexCorrupt(f"index in {folder} cannot be read ({exc}); {rebuild}") from None
     documents = {}
@@ -483,11 +498,12 @@ def load(index_dir: Path, verify: bool = True) -> IndexData:
                      manifest, manifest["version"], faiss_index, terms, _read_bm25(folder) if has_bm25 else None)
 
 
-def _read_dense(folder: Path, labelled: bool) -> DenseIndex:
+def _read_dense(folder: Path, labelled: bool, compressed: bool = False) -> DenseIndex:
     """The stored FAISS index, with its label-to-row map if the version has one."""
     import faiss
 
-    index = faiss.read_index(str(folder / "dense.faiss"))
+    path = str(folder / "dense.faiss")
+    index = compression.read(path) if compressed else faiss.read_index(path)
     if not labelled:
         return DenseIndex(index)
     rows = np.load(folder / LABELS, allow_pickle=False)
