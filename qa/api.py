@@ -358,6 +358,7 @@ def create_app(assistant: Assistant, web_dir: Path = WEB_DIR, *, watch: bool = F
             watcher.stop()
         jobs.shutdown(assistant.cancel)
 
+
     app = FastAPIOffline(
         lifespan=lifespan,
         title="qa: questions over news articles",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -21,9 +20,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="qa", description="Ask questions of a folder of news articles, offline, with citations.",
-        epilog="Exit status: 0 on success, 1 when the assistant reports an error, 2 when the command line is wrong.")
+    parser = argparse.ArgumentParser(prog="qa", description="Ask questions of a folder of news articles, offline, with citations.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     index = commands.add_parser("index", help="build or update the index from the articles folder")
@@ -32,7 +29,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     add = commands.add_parser("add", help="copy articles into the articles folder and index just them")
     _common(add)
-    add.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="article files: .txt, .md, .html, .htm or .pdf")
+    add.add_argument("paths", nargs="+", type=Path, metavar="PATH", help=".txt or .md article files")
 
     remove = commands.add_parser("remove", help="delete an article from the folder and the index")
     _common(remove)
@@ -44,14 +41,6 @@ def make_parser() -> argparse.ArgumentParser:
     ask.add_argument("--top-k", type=int, dest="top_k", metavar="N", help="passages to show, 1-50 (default 5)")
     ask.add_argument("--mode", choices=("hybrid", "dense", "lexical"), help="retrieval mode (default hybrid)")
     ask.add_argument("--json", action="store_true", help="print the result as JSON")
-    ask.add_argument("--history", action="append", metavar="QUESTION",
-                     help="an earlier question of the conversation, for a follow-up; repeat it, oldest first")
-    ask.add_argument("--source", action="append", dest="sources", metavar="NAME",
-                     help="answer only from articles of this source; repeat for several")
-    ask.add_argument("--from", dest="published_from", metavar="YYYY-MM-DD", help="only articles published on or after")
-    ask.add_argument("--to", dest="published_to", metavar="YYYY-MM-DD", help="only articles published on or before")
-    ask.add_argument("--doc", action="append", dest="doc_ids", metavar="DOC_ID",
-                     help="answer only from this article; repeat for several")
 
     serve = commands.add_parser("serve", help="start the HTTP API and the chat page")
     _common(serve)
@@ -91,14 +80,12 @@ def _report(report: Any) -> str:
 
 def _print_result(result: Any) -> None:
     if result.answer is not None:
-        print(f"Answer: {result.answer.text}  [{result.passages[result.answer.passage].rank}]\n")
+        print(f"Answer: {result.answer.text}  [{result.answer.passage + 1}]\n")
     else:
-    if result.resolved and result.resolved != result.question:
-        print(f"Searched for: {result.resolved}\n")
         print("Nothing in the articles clearly answers this. Closest passages:\n")
     for p in result.passages:
         cite = ", ".join(x for x in (p.title, p.source, p.published) if x)
-        print(f"[{p.rank}] {cite}  ({p.doc_id}, chars {p.start}-{p.end})")
+        print(f"[{p.rank}] {cite}  ({p.doc_id}, chars {p.start}-{p.end}, score {p.score:.4f})")
         print("    " + p.text.replace("\n\n", "\n    ") + "\n")
 
 
@@ -106,22 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["eval"]:
         from .evaluation import main as evaluate
-    """Run one command; 0 on success, 1 on an error the assistant reports, 2 on a wrong command line."""
-    try:
-        return _main(argv)
-    except BrokenPipeError:
-        # The reader went away (`qa stats | head -1`): what it read is all it wanted, so not an error. Point
-        # stdout at /dev/null so the interpreter's final flush does not fail again.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return 0
 
-
-def _main(argv: Sequence[str] | None = None) -> int:
-
-    if not argv:
-        make_parser().print_help(sys.stderr)
-        return 2
         return evaluate(argv[1:])
     if argv[:1] == ["bench"]:
         from .benchmark import main as benchmark
@@ -151,10 +123,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
             print(_report(assistant.remove(args.doc_id, log=_log)))
         elif args.command == "ask":
             assistant.load()
-            filters = {key: getattr(args, key) for key in ("sources", "published_from", "published_to", "doc_ids")
-                       if getattr(args, key) is not None}
-            result = assistant.ask(args.question, settings.top_k, args.mode, history=args.history,
-                                   filters=filters or None)
+            result = assistant.ask(args.question, settings.top_k, args.mode)
             if args.json:
                 from .serialize import result_json
 
@@ -175,4 +144,3 @@ def _main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
-        sys.stdout.flush()  # a closed pipe is met here, inside the BrokenPipeError handler, not at exit

@@ -14,7 +14,7 @@ from typing import Iterable
 
 from .errors import DocumentError
 
-SUFFIXES = (".txt", ".md", ".html", ".htm", ".pdf")
+SUFFIXES = (".txt", ".md", ".html", ".htm")
 META_SUFFIX = ".meta.json"
 # Bumped whenever cleaning changes what text an article yields, so old indexes are rebuilt.
 CLEANING_VERSION = 2
@@ -326,46 +326,3 @@ def file_hash(path: Path) -> str:
 
 def load_all(paths: Iterable[Path]) -> list[Document]:
     return [load(path) for path in paths]
-# A PDF line that ends a paragraph: it closes a sentence or is short (a heading); others are wrapped lines.
-_PDF_LINE_END = re.compile(r"[.!?:;\"”’)]$")
-
-
-def _pdf_to_text(data: bytes, name: str) -> str:
-    """The text of a PDF's pages, wrapped lines joined into paragraphs (one per line, as clean_lines expects)."""
-    import io
-
-    from pypdf import PdfReader  # lazily: only PDF articles need it
-    from pypdf.errors import PdfReadError
-
-    if not data.strip():
-        raise DocumentError(f"{name} is empty")
-    try:
-        reader = PdfReader(io.BytesIO(data))
-        if reader.is_encrypted:
-            raise DocumentError(f"{name} is an encrypted PDF; save an unprotected copy and add that")
-        pages = [page.extract_text() or "" for page in reader.pages]
-    except PdfReadError as exc:
-        raise DocumentError(f"{name} is not a readable PDF ({exc})") from None
-    paragraphs: list[str] = []
-    current = ""
-    for line in "\n".join(pages).splitlines():
-        line = line.strip()
-        if not line:
-            if current:
-                paragraphs.append(current)
-            current = ""
-            continue
-        if current.endswith("-") and line[:1].islower():  # a word hyphenated at the line's end
-            current = current[:-1] + line
-        else:
-            current = f"{current} {line}" if current else line
-        if _PDF_LINE_END.search(line) or len(line) < 40:
-            paragraphs.append(current)
-            current = ""
-    if current:
-        paragraphs.append(current)
-    if not paragraphs:
-        raise DocumentError(f"{name} has no text layer (a scanned PDF?); only PDFs with text can be added")
-    return "\n".join(paragraphs)
-
-

@@ -40,8 +40,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 def make_settings(docs: Path, index: Path, **overrides: object) -> Settings:
     """Settings for a test: never read from the caller's QA_* environment."""
-    # The fast tests check the sentence scorer's answers exactly; the reader has tests of its own.
-    flags = {"docs_dir": docs, "index_dir": index, "model": "fake-256", "reader": "off", **overrides}
+    flags = {"docs_dir": docs, "index_dir": index, "model": "fake-256", **overrides}
     return resolve(flags, env={})
 
 
