@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -20,7 +21,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="qa", description="Ask questions of a folder of news articles, offline, with citations.")
+    parser = argparse.ArgumentParser(
+        prog="qa", description="Ask questions of a folder of news articles, offline, with citations.",
+        epilog="Exit status: 0 on success, 1 when the assistant reports an error, 2 when the command line is wrong.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     index = commands.add_parser("index", help="build or update the index from the articles folder")
@@ -29,7 +32,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     add = commands.add_parser("add", help="copy articles into the articles folder and index just them")
     _common(add)
-    add.add_argument("paths", nargs="+", type=Path, metavar="PATH", help=".txt or .md article files")
+    add.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="article files: .txt, .md, .html, .htm or .pdf")
 
     remove = commands.add_parser("remove", help="delete an article from the folder and the index")
     _common(remove)
@@ -41,6 +44,14 @@ def make_parser() -> argparse.ArgumentParser:
     ask.add_argument("--top-k", type=int, dest="top_k", metavar="N", help="passages to show, 1-50 (default 5)")
     ask.add_argument("--mode", choices=("hybrid", "dense", "lexical"), help="retrieval mode (default hybrid)")
     ask.add_argument("--json", action="store_true", help="print the result as JSON")
+    ask.add_argument("--history", action="append", metavar="QUESTION",
+                     help="an earlier question of the conversation, for a follow-up; repeat it, oldest first")
+    ask.add_argument("--source", action="append", dest="sources", metavar="NAME",
+                     help="answer only from articles of this source; repeat for several")
+    ask.add_argument("--from", dest="published_from", metavar="YYYY-MM-DD", help="only articles published on or after")
+    ask.add_argument("--to", dest="published_to", metavar="YYYY-MM-DD", help="only articles published on or before")
+    ask.add_argument("--doc", action="append", dest="doc_ids", metavar="DOC_ID",
+                     help="answer only from this article; repeat for several")
 
     serve = commands.add_parser("serve", help="start the HTTP API and the chat page")
     _common(serve)
@@ -79,18 +90,35 @@ def _report(report: Any) -> str:
 
 
 def _print_result(result: Any) -> None:
+    if result.resolved and result.resolved != result.question:
+        print(f"Searched for: {result.resolved}\n")
     if result.answer is not None:
-        print(f"Answer: {result.answer.text}  [{result.answer.passage + 1}]\n")
+        print(f"Answer: {result.answer.text}  [{result.passages[result.answer.passage].rank}]\n")
     else:
         print("Nothing in the articles clearly answers this. Closest passages:\n")
     for p in result.passages:
         cite = ", ".join(x for x in (p.title, p.source, p.published) if x)
-        print(f"[{p.rank}] {cite}  ({p.doc_id}, chars {p.start}-{p.end}, score {p.score:.4f})")
+        print(f"[{p.rank}] {cite}  ({p.doc_id}, chars {p.start}-{p.end})")
         print("    " + p.text.replace("\n\n", "\n    ") + "\n")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; 0 on success, 1 on an error the assistant reports, 2 on a wrong command line."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # The reader went away (`qa stats | head -1`): what it read is all it wanted, so not an error. Point
+        # stdout at /dev/null so the interpreter's final flush does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv:
+        make_parser().print_help(sys.stderr)
+        return 2
     if argv[:1] == ["eval"]:
         from .evaluation import main as evaluate
 
@@ -123,7 +151,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(_report(assistant.remove(args.doc_id, log=_log)))
         elif args.command == "ask":
             assistant.load()
-            result = assistant.ask(args.question, settings.top_k, args.mode)
+            filters = {key: getattr(args, key) for key in ("sources", "published_from", "published_to", "doc_ids")
+                       if getattr(args, key) is not None}
+            result = assistant.ask(args.question, settings.top_k, args.mode, history=args.history,
+                                   filters=filters or None)
             if args.json:
                 from .serialize import result_json
 
@@ -133,6 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "stats":
             assistant.load()
             print(json.dumps(assistant.stats(), indent=2))
+        sys.stdout.flush()  # a closed pipe is met here, inside the BrokenPipeError handler, not at exit
     except QAError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -33,6 +33,9 @@ class Settings:
     # reciprocal rank fusion constant for the fusion="rrf" variant (the default is z-score fusion).
     rrf_k: int = 60
     dense_weight: float = 0.5
+    # A follow-up's context (the conversation's earlier question) joins retrieval at this share of the
+    # question's own weight (see qa/conversation.py); tuned on the training follow-ups.
+    context_weight: float = 0.3
     max_per_doc: int = 3
     # Answers whose confidence (best sentence score + 2 x the top passage's cosine, see qa/answer.py)
     # is below this are not offered; the page says nothing answers. Calibrated on training questions.

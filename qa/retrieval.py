@@ -42,6 +42,9 @@ SENTENCE_SHARE = 2 / 3  # of the dense half: best sentence's cosine (the rest: t
 ARTICLE_SHARE = 1 / 3  # of the lexical half: the article's BM25 (the rest: the passage's)
 # On top of both halves: the best sentence's IDF-weighted share of the question's terms.
 COVERAGE_WEIGHT = 0.2
+# A follow-up's context (the conversation's earlier question) counts this much of the question's own words
+# in BM25 (Settings.context_weight sets it for the assistant; see qa/conversation.py).
+CONTEXT_WEIGHT = 0.3
 
 
 @dataclass(frozen=True)
@@ -138,11 +141,23 @@ class Retriever:
         self._sentence_ids = terms.sentences
         self._vocabulary = vocabulary
 
-    def dense_scores(self, query: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
-        """Rows and cosine scores of the nearest passages."""
+    def allowed_rows(self, doc_ids: set[str]) -> np.ndarray:
+        """A mask over passage rows: True for the passages of these articles."""
+        articles = np.array([doc_id in doc_ids for doc_id in self._doc_ids], dtype=bool)
+        return articles[self._article_of] if len(articles) else np.zeros(len(self.data.chunks), dtype=bool)
+
+    def dense_scores(self, query: np.ndarray, depth: int,
+                     allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Rows and cosine scores of the nearest passages (of the `allowed` rows only, if given)."""
         depth = min(depth, len(self.data.chunks))
         if depth == 0:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        if allowed is not None:
+            # Exact search over the admitted passages: a filter picks before ranking, never after it.
+            rows = np.flatnonzero(allowed)
+            scores = (self.data.vectors[rows] @ query).astype(np.float32)
+            order = np.lexsort((rows, -scores))[:depth]
+            return rows[order], scores[order]
         scores, rows = self.data.faiss_index.search(query.reshape(1, -1).astype(np.float32), depth)
         keep = rows[0] >= 0
         return rows[0][keep], scores[0][keep]
@@ -216,23 +231,34 @@ class Retriever:
     def ranked(self, query: np.ndarray | None, question: str, *, mode: Mode = "hybrid", depth: int = DEPTH,
                rrf_k: int = 60, dense_weight: float = 0.5, fusion: Fusion = "zscore",
                sentence_share: float = SENTENCE_SHARE, article_share: float = ARTICLE_SHARE,
-               coverage_weight: float = COVERAGE_WEIGHT, terms: list[str] | None = None) -> Iterator[Hit]:
+               coverage_weight: float = COVERAGE_WEIGHT, terms: list[str] | None = None,
+               allowed: np.ndarray | None = None, context_terms: list[str] | None = None,
+               context_weight: float = CONTEXT_WEIGHT) -> Iterator[Hit]:
         """The candidates of `search`, best first, each Hit made only when reached (tidy stops after a few).
 
         `terms` are the question's terms if the caller has them already (Lexicon.terms of `question`).
+        `allowed` (a mask over passage rows, see allowed_rows) limits the candidates before ranking.
+        `context_terms`, a follow-up's context, add `context_weight` times their BM25 scores.
         """
         if not self.data.chunks:
+            return iter(())
+        if allowed is not None and not allowed.any():
             return iter(())
         if mode == "hybrid" and query is None:
             mode = "lexical"
         dense_rows = np.zeros(0, dtype=np.int64)
         dense_found = np.zeros(0, dtype=np.float32)
         if mode != "lexical" and query is not None:
-            dense_rows, dense_found = self.dense_scores(query, depth)
+            dense_rows, dense_found = self.dense_scores(query, depth, allowed)
         if mode == "dense":
             return self._hits(dense_rows, dense_found, dense_found, None, None, None, None, None)
         terms = self.lexicon.terms(question) if terms is None else terms
         lexical_all = self.lexical_scores(terms)
+        extra = [t for t in dict.fromkeys(context_terms or ()) if t not in set(terms)]
+        if extra and context_weight:
+            lexical_all = lexical_all + np.float32(context_weight) * self.lexical_scores(extra)
+        if allowed is not None:
+            lexical_all = np.where(allowed, lexical_all, np.float32(0))
         lexical_rows = best_rows(lexical_all, depth)
         if mode == "lexical":
             found = lexical_all[lexical_rows]
@@ -245,6 +271,8 @@ class Retriever:
         sentence = self._best_cosines(query, rows, *sentences)
         lexical = lexical_all[rows]
         article = self.article_scores(terms, rows)
+        if extra and context_weight:
+            article = article + np.float32(context_weight) * self.article_scores(extra, rows)
         coverage = self._best_coverage(terms, *sentences)
         weights = (dense_weight * (1 - sentence_share), dense_weight * sentence_share,
                    (1 - dense_weight) * (1 - article_share), (1 - dense_weight) * article_share, coverage_weight)

@@ -23,12 +23,17 @@ def result_json(result: Result) -> dict[str, Any]:
     return {
         "question": result.question,
         "answer": None if found is None else {
-            "text": found.text, "passage": found.passage, "start": found.start, "end": found.end, "score": found.score,
+            # Counted from 1, like `rank`: the rank of the passage holding the sentence.
+            "text": found.text, "passage": found.passage + 1, "start": found.start, "end": found.end,
+            "score": found.score,
         },
         "passages": [passage_json(p) for p in result.passages],
         "took_ms": round(result.took_ms, 3),
         "mode": result.mode,
         "index_version": result.version,
+        "resolved_question": result.resolved or result.question,
+        "followup": result.followup,
+        "filters": None if result.filters is None else result.filters.json(),
     }
 
 

@@ -15,10 +15,20 @@ if [ ! -x .venv/bin/python ]; then
 fi
 pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
-    echo "setup: installing $torch_spec"
+    echo "setup: installing $torch_spec, the CPU build (a download of about 200 MB; a minute or two)"
     pip install "$torch_spec"
 fi
-if [ "${1:-}" = "test" ]; then
+# pip install -e is skipped when pyproject.toml is as it was at the last install (of this kind or the
+# fuller "test" kind): it takes several seconds even when there is nothing to do.
+kind=${1:-runtime}
+stamp=.venv/.qa-installed
+digest=$(cksum < pyproject.toml)
+if [ -f "$stamp" ] && { [ "$(cat "$stamp")" = "$digest $kind" ] || [ "$(cat "$stamp")" = "$digest test" ]; }; then
+    echo "setup: qa is installed and up to date"
+    exit 0
+fi
+rm -f "$stamp"
+if [ "$kind" = "test" ]; then
     echo "setup: installing qa with its test tools"
     pip install -e ".[test]"
     if ! command -v chromium >/dev/null 2>&1; then
@@ -31,3 +41,4 @@ else
     echo "setup: installing qa"
     pip install -e .
 fi
+echo "$digest $kind" > "$stamp"

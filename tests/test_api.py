@@ -61,7 +61,8 @@ def test_ask_post_shape_and_offsets(client: TestClient) -> None:
         assert text[passage["start"]:passage["end"]] == passage["text"]
     answer = body["answer"]
     if answer is not None:
-        cited = body["passages"][answer["passage"]]
+        cited = body["passages"][answer["passage"] - 1]  # counted from 1, like rank
+        assert cited["rank"] == answer["passage"]
         assert cited["start"] <= answer["start"] < answer["end"] <= cited["end"]
         text = client.get(f"/documents/{cited['doc_id']}").json()["text"]
         assert text[answer["start"]:answer["end"]] == answer["text"]

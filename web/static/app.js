@@ -4,6 +4,8 @@
 
 (function () {
   const TOP_K = 5;
+  // Earlier questions sent with each question, so a follow-up can lean on them (the API's limit).
+  const MAX_HISTORY = 8;
   const POLL_MS = 500;
   const OVERLAY_QUERY = window.matchMedia("(max-width: 820px)");
   const REDUCED_MOTION = window.matchMedia("(prefers-reduced-motion: reduce)");
@@ -31,6 +33,8 @@
     askForm: $("ask-form"),
     question: $("question"),
     askButton: $("ask-button"),
+    scope: $("scope"),
+    newConversation: $("new-conversation"),
     panel: $("source-panel"),
     panelScroll: $("panel-scroll"),
     panelClose: $("panel-close"),
@@ -118,10 +122,24 @@
     return date.toLocaleDateString("en-GB", { day: "numeric", month: "short", year: "numeric", timeZone: "UTC" });
   }
 
-  function formatScore(value) {
-    if (typeof value !== "number" || !Number.isFinite(value)) return "–";
-    if (value === 0) return "0";
-    return Math.abs(value) < 0.1 ? String(Number(value.toPrecision(3))) : value.toFixed(2);
+  /**
+   * An article's title; one that had no headline gets its opening words (ending in "…") as a title,
+   * shown as such rather than as a headline cut short.
+   */
+  function titleNode(doc, className) {
+    const title = doc.title || doc.doc_id;
+    if (!title.endsWith("…")) return el("span", { className, text: title });
+    return el("span", { className: `${className || ""} title-opening`.trim(), attrs: { "data-untitled": "true" } }, [
+      el("span", { className: "untitled-tag", text: "No headline" }),
+      " ",
+      el("span", { text: title }),
+    ]);
+  }
+
+  /** Source and date for a meta line; an article that states neither says so. */
+  function sourceParts(doc) {
+    if (!doc.source && !doc.published) return [el("span", { className: "unstated", text: "source and date not stated" })];
+    return [doc.source || null, dateNode(doc.published)];
   }
 
   /** Only http(s) addresses become links; anything else (javascript:, data:) is shown as text. */
@@ -277,19 +295,108 @@
         className: "doc",
         attrs: { type: "button", "data-testid": "doc-item", "data-doc-id": doc.doc_id },
       }, [
-        el("span", { className: "doc-title", text: doc.title || doc.doc_id }),
+        titleNode(doc, "doc-title"),
         metaLine("doc-meta", [
-          doc.source || null,
-          dateNode(doc.published),
+          ...sourceParts(doc),
           doc.passages === 1 ? "1 passage" : `${doc.passages} passages`,
           isNew ? el("span", { className: "doc-new", text: "new" }) : null,
         ]),
       ]);
       button.addEventListener("click", () => openSource({ docId: doc.doc_id, title: doc.title, trigger: button }));
-      ui.docList.appendChild(el("li", { className: isNew ? "is-new" : "" }, [button]));
+      const remove = el("button", {
+        className: "doc-remove",
+        text: "Remove",
+        attrs: { type: "button", "data-testid": "doc-remove", "aria-label": `Remove ${doc.title || doc.doc_id}` },
+      });
+      const item = el("li", { className: isNew ? "doc-item is-new" : "doc-item" }, [button, remove]);
+      remove.addEventListener("click", () => confirmRemoval(item, doc, remove));
+      ui.docList.appendChild(item);
     }
+    renderScopes(docs);
     const added = ui.docList.querySelector(".is-new");
     if (added) added.scrollIntoView({ block: "nearest", behavior: scrollBehavior() });
+  }
+
+  // --- removing an article -----------------------------------------------------------------
+
+  /** Ask before removing: the article leaves the index and the articles folder. */
+  function confirmRemoval(item, doc, trigger) {
+    const old = item.querySelector(".confirm");
+    if (old) old.remove();
+    const title = doc.title || doc.doc_id;
+    const message = el("p", { className: "confirm-text", attrs: { "data-testid": "remove-message" } }, [
+      "Remove ", el("strong", { text: title }), " from the index and the articles folder?",
+    ]);
+    const yes = el("button", { className: "button button-small button-danger", text: "Remove", attrs: { type: "button", "data-testid": "remove-confirm" } });
+    const no = el("button", { className: "button button-small", text: "Cancel", attrs: { type: "button", "data-testid": "remove-cancel" } });
+    const box = el("div", { className: "confirm", attrs: { role: "group", "aria-label": `Remove ${title}?`, "data-testid": "remove-confirmation" } }, [
+      message, el("div", { className: "confirm-actions" }, [yes, no]),
+    ]);
+    item.appendChild(box);
+    no.addEventListener("click", () => { box.remove(); trigger.focus(); });
+    yes.addEventListener("click", () => removeArticle(doc, box, message, yes, no));
+    no.focus();
+  }
+
+  async function removeArticle(doc, box, message, yes, no) {
+    const title = doc.title || doc.doc_id;
+    const token = ui.tokenInput.value.trim();
+    const headers = { Accept: "application/json" };
+    if (token) headers.Authorization = `Bearer ${token}`;
+    yes.disabled = true;
+    no.disabled = true;
+    message.textContent = `Removing ${title}…`;
+    try {
+      let job = await api(`/documents/${encodeURIComponent(doc.doc_id)}`, { method: "DELETE", headers });
+      while (job.status === "queued" || job.status === "running") {
+        await sleep(POLL_MS);
+        job = await api(`/jobs/${encodeURIComponent(job.job_id)}`);
+      }
+      if (job.status !== "done") throw new ApiError(job.message || "the index update failed.", "failed", 0);
+      docCache.delete(doc.doc_id);
+      if (ui.panel.dataset.docId === doc.doc_id) closePanel();
+      announce(`Removed ${title}.`);
+      uploadState("done", `Removed ${title}.`);
+      await Promise.all([refreshDocuments(false), refreshHealth()]);
+    } catch (err) {
+      yes.disabled = false;
+      no.disabled = false;
+      if (err.status === 401) {
+        ui.tokenField.hidden = false;
+        message.textContent = token
+          ? "The server did not accept that API token. Check it below, then press Remove again."
+          : "This server needs its API token to remove articles. Enter it below, then press Remove again.";
+        if (!OVERLAY_QUERY.matches) ui.tokenInput.focus();
+      } else {
+        message.textContent = `Could not remove ${title}: ${err.message}`;
+      }
+      message.dataset.state = "error";
+    }
+  }
+
+  // --- where to search ---------------------------------------------------------------------
+
+  /** The "Search in" choices: all articles, one source, or one article; the choice survives a refresh. */
+  function renderScopes(docs) {
+    const chosen = ui.scope.value;
+    clear(ui.scope);
+    ui.scope.appendChild(el("option", { text: "all articles", attrs: { value: "" } }));
+    const sources = Array.from(new Set(docs.map((d) => d.source).filter(Boolean))).sort();
+    if (sources.length) {
+      ui.scope.appendChild(el("optgroup", { attrs: { label: "One source" } },
+        sources.map((source) => el("option", { text: source, attrs: { value: `source:${source}` } }))));
+    }
+    ui.scope.appendChild(el("optgroup", { attrs: { label: "One article" } },
+      docs.map((d) => el("option", { text: d.title || d.doc_id, attrs: { value: `doc:${d.doc_id}` } }))));
+    ui.scope.value = Array.from(ui.scope.options).some((o) => o.value === chosen) ? chosen : "";
+  }
+
+  /** The API filters for the chosen scope, or null for all articles. */
+  function scopeFilters() {
+    const value = ui.scope.value;
+    if (value.startsWith("source:")) return { sources: [value.slice(7)] };
+    if (value.startsWith("doc:")) return { doc_ids: [value.slice(4)] };
+    return null;
   }
 
   ui.libraryToggle.addEventListener("click", () => {
@@ -309,7 +416,7 @@
     event.preventDefault();
     const files = Array.from(ui.uploadInput.files || []);
     if (!files.length) {
-      uploadState("error", "Choose one or more .txt or .md files first.");
+      uploadState("error", "Choose one or more .txt, .md, .html, .htm or .pdf files first.");
       ui.uploadInput.focus();
       return;
     }
@@ -431,8 +538,7 @@
     }
     clear(ui.panelMeta);
     ui.panelMeta.appendChild(metaLine("meta-line", [
-      doc.source || null,
-      dateNode(doc.published),
+      ...sourceParts(doc),
       doc.passages === 1 ? "1 passage" : `${doc.passages} passages`,
       urlPart,
     ]));
@@ -506,8 +612,6 @@
     const isAnswer = Boolean(answer) && answer.passage === index;
     const titleId = uid("card-title");
     const textId = uid("card-text");
-    const scores = p.scores || {};
-    const scoreTip = `dense ${formatScore(scores.dense)} · lexical ${formatScore(scores.lexical)} · fused ${formatScore(scores.fused)}`;
 
     const cps = codePoints(p.text);
     const ranges = [];
@@ -535,13 +639,10 @@
         el("div", { className: "card-titles" }, [
           el("h4", { className: "card-title", attrs: { id: titleId, "data-testid": "card-title" } }, [
             el("span", { className: "visually-hidden", text: `Passage ${p.rank}: ` }),
-            p.title || p.doc_id,
+            titleNode(p),
           ]),
-          metaLine("card-meta", [
-            p.source || null,
-            dateNode(p.published),
-            el("span", { className: "score", text: `score ${formatScore(p.score)}`, attrs: { title: scoreTip, "data-testid": "card-score" } }),
-          ]),
+          // Ranking scores are not comparable across questions, so the page shows none; the API keeps them.
+          metaLine("card-meta", sourceParts(p)),
         ]),
         isAnswer ? el("span", { className: "badge", text: "answer" }) : null,
       ]),
@@ -577,12 +678,27 @@
   function renderResult(reply, result) {
     clear(reply);
     const passages = Array.isArray(result.passages) ? result.passages : [];
-    const answer = result.answer && Number.isInteger(result.answer.passage) && passages[result.answer.passage]
-      ? result.answer : null;
+    // The API's answer.passage is the cited passage's rank; the page works with its index.
+    const cited = result.answer ? passages.findIndex((p) => p.rank === result.answer.passage) : -1;
+    const answer = cited >= 0 ? Object.assign({}, result.answer, { passage: cited }) : null;
     const safeResult = Object.assign({}, result, { answer, passages });
 
     const items = passages.map((_, i) => passageCard(safeResult, i));
     const cards = items.map((item) => item.firstChild);
+
+    if (result.followup && result.resolved_question && result.resolved_question !== result.question) {
+      reply.appendChild(el("p", { className: "resolved", attrs: { "data-testid": "resolved" } }, [
+        "Taken as a follow-up: ", el("q", { text: result.resolved_question }),
+      ]));
+    } else if (!result.followup && result.resolved_question && result.resolved_question !== result.question) {
+      reply.appendChild(el("p", { className: "resolved", attrs: { "data-testid": "resolved" } }, [
+        "Searched as: ", el("q", { text: result.resolved_question }),
+      ]));
+    }
+    if (result.filters) {
+      reply.appendChild(el("p", { className: "resolved", attrs: { "data-testid": "scope-note" } },
+        [`Searched only in ${scopeNoteText(result.filters)}.`]));
+    }
 
     if (answer) {
       const cited = passages[answer.passage];
@@ -647,6 +763,15 @@
     }
   }
 
+  function scopeNoteText(filters) {
+    if (filters.doc_ids && filters.doc_ids.length) {
+      const option = Array.from(ui.scope.options).find((o) => o.value === `doc:${filters.doc_ids[0]}`);
+      return option ? `“${option.textContent}”` : "one article";
+    }
+    if (filters.sources && filters.sources.length) return `articles from ${filters.sources.join(", ")}`;
+    return "the chosen articles";
+  }
+
   function renderError(reply, err, retry) {
     clear(reply);
     const again = el("button", { className: "button button-small", text: "Try again", attrs: { type: "button", "data-testid": "retry" } });
@@ -665,7 +790,10 @@
     ui.askForm.classList.toggle("is-busy", value);
   }
 
-  async function runQuestion(turn, reply, question) {
+  // Questions asked so far in this conversation, oldest first.
+  let history = [];
+
+  async function runQuestion(turn, reply, question, earlier, filters) {
     setAsking(true);
     turn.setAttribute("aria-busy", "true");
     clear(reply);
@@ -678,12 +806,12 @@
       const result = await api("/ask", {
         method: "POST",
         headers: { "Content-Type": "application/json", Accept: "application/json" },
-        body: JSON.stringify({ question, top_k: TOP_K }),
+        body: JSON.stringify(Object.assign({ question, top_k: TOP_K, history: earlier }, filters ? { filters } : {})),
       });
       renderResult(reply, result);
     } catch (err) {
       renderError(reply, err, () => {
-        if (!asking) runQuestion(turn, reply, question);
+        if (!asking) runQuestion(turn, reply, question, earlier, filters);
       });
     } finally {
       turn.removeAttribute("aria-busy");
@@ -703,7 +831,10 @@
       reply,
     ]);
     ui.conversation.appendChild(turn);
-    const done = runQuestion(turn, reply, question);
+    const earlier = history.slice(-MAX_HISTORY);
+    history = history.concat([question]).slice(-MAX_HISTORY);
+    ui.newConversation.hidden = false;
+    const done = runQuestion(turn, reply, question, earlier, scopeFilters());
     // The searching line is in place now: bring the new question and it into view.
     turn.scrollIntoView({ block: "end", behavior: scrollBehavior() });
     return done;
@@ -733,6 +864,16 @@
     }
   });
   ui.question.addEventListener("input", autoGrow);
+
+  // Later questions stop leaning on the earlier ones; what was asked stays on the page.
+  ui.newConversation.addEventListener("click", () => {
+    history = [];
+    ui.newConversation.hidden = true;
+    ui.conversation.appendChild(el("li", { className: "conversation-break", attrs: { "data-testid": "conversation-break" } },
+      ["New conversation: the questions below do not refer to the ones above."]));
+    announce("New conversation started.");
+    ui.question.focus();
+  });
 
   // --- start ------------------------------------------------------------------------------
 
