@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hmac
 import logging
 import os
 import threading
@@ -26,7 +25,7 @@ from pydantic_core import to_json
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from . import serialize
+from . import security, serialize
 from .assistant import Assistant, Upload
 from .config import Settings
 from .errors import (BuildCancelled, DocumentError, DocumentNotFound, IndexBusy, IndexCorrupt, IndexError_,
@@ -375,6 +374,8 @@ def create_app(assistant: Assistant, web_dir: Path = WEB_DIR, *, watch: bool = F
         return settings.max_upload_bytes * MAX_FILES + 64 * 1024 if path == "/documents" else MAX_JSON_BYTES
 
     app.add_middleware(BodyLimit, limit_for=body_limit)
+    # Outside the body limit, so a request from another site is refused before its body is read.
+    app.add_middleware(security.RequestGuard, settings=settings, refuse=error_response)
     app.add_middleware(SecurityHeaders)  # added last, so outermost: the body limit's 413 gets the headers too
 
     @app.exception_handler(QAError)
@@ -406,15 +407,15 @@ def create_app(assistant: Assistant, web_dir: Path = WEB_DIR, *, watch: bool = F
         token = settings.api_token
         if not token:
             return
-        given = request.headers.get("authorization", "")
-        given = given[7:] if given.lower().startswith("bearer ") else request.headers.get("x-api-token", "")
-        if not hmac.compare_digest(given.encode(), token.encode()):
+        if not security.token_matches(security.presented_token(request.scope["headers"]), token):
             raise StarletteHTTPException(401, "this action needs the API token (Authorization: Bearer ...)")
 
     # Questions are worked out on at most two threads per core: one's encoding and FAISS search (which
     # release the interpreter lock) overlap another's Python steps, and more threads only contend for the
     # lock (measured at 8 clients on 2 cores: 168-176 req/s with Starlette's 40 threads, 228-242 with 4).
     ask_threads = anyio.CapacityLimiter(2 * len(os.sched_getaffinity(0)))
+    # Parsing holds the interpreter lock throughout: one upload at a time leaves the others' threads room.
+    parse_threads = anyio.CapacityLimiter(1)
 
     async def ask(question: str, top_k: int, mode: str | None) -> Response:
         """A repeated question is answered from the cache here; any other is worked out in the thread pool,
@@ -468,8 +469,10 @@ def create_app(assistant: Assistant, web_dir: Path = WEB_DIR, *, watch: bool = F
         for upload in files:
             data = await upload.read(settings.max_upload_bytes + 1)
             uploads.append(Upload(upload.filename or "", data))
-        names = [name for name, _ in assistant.validate_uploads(uploads)]
-        return jobs.submit("add", names, lambda: assistant.add(uploads), sum(len(u.data) for u in uploads)).json()
+        # Parsed once, in a worker thread: a large article takes a while, and the event loop answers others.
+        checked = await anyio.to_thread.run_sync(assistant.validate_uploads, uploads, limiter=parse_threads)
+        names = [name for name, _ in checked]
+        return jobs.submit("add", names, lambda: assistant.add(uploads, parsed=checked), sum(len(u.data) for u in uploads)).json()
 
     @app.delete("/documents/{doc_id}", status_code=202, response_model=JobModel, responses=_ERRORS,
                 summary="Remove an article", dependencies=[Depends(require_token)])
@@ -536,6 +539,14 @@ def serve(settings: Settings) -> None:
 
     VersionFollower(assistant).start()  # versions written by other processes (`qa add`, `qa index`) are served too
     log.info("serving %d articles on http://%s:%d", assistant.stats()["documents"], settings.host, settings.port)
-    # uvicorn parses HTTP with httptools (a dependency) when it is installed: about 0.2 ms less per request
-    # than its pure-Python h11 parser.
-    uvicorn.run(create_app(assistant, watch=True), host=settings.host, port=settings.port, log_level="info")
+    for line in security.exposure_notice(settings):
+        log.warning(line)
+    uvicorn.run(create_app(assistant, watch=True), host=settings.host, port=settings.port, log_level="info", **server_options())
+
+
+def server_options() -> dict[str, Any]:
+    """uvicorn options every `qa serve` process uses: slow clients are cut off."""
+    # uvicorn parses HTTP with httptools (a dependency): about 0.2 ms less per request than its pure-Python
+    # h11 parser. Its protocol is extended to close a connection whose request headers take too long, which
+    # uvicorn does not do itself (timeout_keep_alive only covers the wait between two requests).
+    return {"http": security.header_timeout_protocol(), "timeout_keep_alive": 5}

@@ -153,14 +153,14 @@ class Assistant:
             return self._update(full=full, progress=progress, log=log)
 
     def _update(self, *, full: bool = False, progress: bool = False, log: Callable[[str], None] = lambda m: None,
-                locked: bool = False) -> BuildReport:
+                locked: bool = False, parsed: dict[str, Document] | None = None) -> BuildReport:
         """Build from the live snapshot and swap in the version written, as it is in memory (hold _build_lock).
 
         `locked`: the caller holds the index's build lock too (see _changing).
         """
         current = self._snapshot.data if self._snapshot is not None else None
         report = indexing.build(self.settings, self.embedder, full=full, progress=progress, log=log, current=current,
-                                locked=locked, lock_wait=self.lock_wait, cancel=self.cancel)
+                                locked=locked, lock_wait=self.lock_wait, cancel=self.cancel, parsed=parsed)
         if report.data is not None:
             self._snapshot = Snapshot(report.data, self._lexicon_once())
         elif self._snapshot is None or self._snapshot.version != store.current_version(self.settings.index_dir):
@@ -195,12 +195,18 @@ class Assistant:
         doc = documents.parse(upload.data, stem, suffix)
         return stem + suffix, doc
 
-    def validate_uploads(self, uploads: Sequence[Upload]) -> list[tuple[str, Document]]:
-        """Check uploads against each other and the folder: safe names, no duplicate ids or texts."""
+    def validate_uploads(self, uploads: Sequence[Upload],
+                         parsed: Sequence[tuple[str, Document]] | None = None) -> list[tuple[str, Document]]:
+        """Check uploads against each other and the folder: safe names, no duplicate ids or texts.
+
+        `parsed` is what an earlier call returned for the same uploads: they are not parsed again.
+        """
         if not uploads:
             raise DocumentError("no articles given")
-        checked = [self.check_upload(u) for u in uploads]
+        checked = list(parsed) if parsed is not None else [self.check_upload(u) for u in uploads]
         existing = {p.stem for p in documents.article_files(self.settings.docs_dir)} if self.settings.docs_dir.is_dir() else set()
+        # Ids that differ only in case would be one file on a case-insensitive file system.
+        existing |= {stem.casefold() for stem in existing}
         texts: dict[str, str] = {}
         if self._snapshot is not None:
             texts = {doc.text: doc.doc_id for doc in self._snapshot.data.documents.values()}
@@ -213,21 +219,27 @@ class Assistant:
                     pass
         names: set[str] = set()
         for name, doc in checked:
-            if doc.doc_id in existing or doc.doc_id in names:
-                raise DocumentError(f"an article named {doc.doc_id!r} already exists; remove it first or rename the file")
+            if doc.doc_id.casefold() in existing or doc.doc_id.casefold() in names:
+                raise DocumentError(f"an article named {doc.doc_id!r} already exists (ids that differ only in case "
+                                    "count as one); remove it first or rename the file")
             if doc.text in texts:
                 raise DocumentError(f"{name!r} has the same text as the article {texts[doc.text]!r}")
-            names.add(doc.doc_id)
+            names.add(doc.doc_id.casefold())
             texts[doc.text] = doc.doc_id
         return checked
 
-    def add(self, uploads: Sequence[Upload], *, progress: bool = False, log: Callable[[str], None] = lambda m: None) -> BuildReport:
-        """Copy new articles into the articles folder and index just them: one commit (see qa/changes.py)."""
+    def add(self, uploads: Sequence[Upload], *, parsed: Sequence[tuple[str, Document]] | None = None,
+            progress: bool = False, log: Callable[[str], None] = lambda m: None) -> BuildReport:
+        """Copy new articles into the articles folder and index just them: one commit (see qa/changes.py).
+
+        `parsed` is what validate_uploads returned for these uploads, so they are parsed once.
+        """
         with self._build_lock, self._changing(log):
-            checked = self.validate_uploads(uploads)
+            checked = self.validate_uploads(uploads, parsed)
             added = [(name, upload.data) for (name, _), upload in zip(checked, uploads)]
             with changes.change(self.settings.docs_dir, add=added):
-                return self._update(progress=progress, log=log, locked=True)
+                return self._update(progress=progress, log=log, locked=True,
+                                    parsed={doc.doc_id: doc for _, doc in checked})
 
     def add_paths(self, paths: Sequence[Path], **kwargs: Any) -> BuildReport:
         uploads = []

@@ -27,7 +27,10 @@ _ABBREVIATIONS = frozenset(
     oct nov dec u.s u.k u.n a.m p.m""".split()
 )
 # A candidate boundary: terminal punctuation, optional closing quotes or brackets, whitespace.
-_BOUNDARY = re.compile(r"[.!?…]+[\"'”’)\]]*\s+")
+# It starts only where a run of punctuation starts: tried at every dot of a long run with no space
+# after it, each try read the rest of the run, in time quadratic in the run's length. A try from
+# inside a run would end where the one from its start did, so no boundary is lost.
+_BOUNDARY = re.compile(r"(?<![.!?…])[.!?…]+[\"'”’)\]]*\s+")
 _PARAGRAPH = re.compile(r"\S(?:.*?\S)?(?=\n\s*\n|\s*\Z)", re.DOTALL)
 
 

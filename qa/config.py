@@ -45,6 +45,11 @@ class Settings:
     max_upload_bytes: int = 1_000_000
     cache_size: int = 256
     api_token: str | None = None
+    # Whether the token guards reads too (questions, article text), not only adding and deleting.
+    api_token_reads: bool = False
+    # Host names, besides localhost and this machine's addresses, that requests may name, comma-separated;
+    # "*" allows any (see qa/security.py: a foreign Host is how DNS rebinding reaches a local server).
+    allowed_hosts: str | None = None
     host: str = "127.0.0.1"
     port: int = 8000
     # `qa serve` processes sharing one listening socket and one index folder (see qa/workers.py).
@@ -115,6 +120,8 @@ def validate(settings: Settings) -> None:
         raise ConfigError(f"backend must be onnx, onnx-fp32 or torch, got {settings.backend!r}")
     if settings.max_per_doc < 1:
         raise ConfigError("max_per_doc must be at least 1")
+    if settings.api_token_reads and not settings.api_token:
+        raise ConfigError("api_token_reads needs api_token: set QA_API_TOKEN too")
     if not 1 <= settings.workers <= 64:
         raise ConfigError(f"workers must be between 1 and 64, got {settings.workers}")
     if not 1 <= settings.port <= 65535:

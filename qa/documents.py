@@ -4,20 +4,29 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
+import time
 import unicodedata
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
+from urllib.parse import urlsplit
 
 from .errors import DocumentError
 
 SUFFIXES = (".txt", ".md", ".html", ".htm")
 META_SUFFIX = ".meta.json"
-# Bumped whenever cleaning changes what text an article yields, so old indexes are rebuilt.
-CLEANING_VERSION = 2
+# Bumped whenever cleaning changes what text or metadata an article yields, so old indexes are rebuilt.
+# 3: the url comes only from metadata or a labelled line; front matter and sidecar values are checked.
+CLEANING_VERSION = 3
+# Seconds one article may take to be read and cleaned. Every pattern here runs in time linear in the
+# text (a 1 MB article takes well under a second), so only an article built to be slow meets this.
+PARSE_SECONDS = 10.0
+
+log = logging.getLogger("qa.documents")
 
 
 @dataclass(frozen=True)
@@ -89,13 +98,26 @@ def _dedupe_key(line: str) -> str:
     return re.sub(r"\W+", "", line.lower())
 
 
-def clean_lines(raw: str) -> list[str]:
-    """Normalise Unicode and whitespace; return the article's paragraphs without furniture."""
+def _no_check() -> None:
+    return None
+
+
+def clean_lines(raw: str, check: Callable[[], None] = _no_check) -> list[str]:
+    """Normalise Unicode and whitespace; return the article's paragraphs without furniture.
+
+    `check` is called every few hundred lines; it raises to stop an article that takes too long.
+    """
     text = unicodedata.normalize("NFKC", raw.replace("\r\n", "\n").replace("\r", "\n"))
     text = _INVISIBLE.sub("", text)
     text = _CONTROL.sub(" ", text.replace("\t", " "))
     lines = [" ".join(line.split()) for line in text.split("\n")]
-    kept = [_strip_credits(line) for line in lines if line and not _is_furniture(line)]
+    kept = []
+    for number, line in enumerate(lines):
+        if number % 256 == 0:
+            check()
+        if line and not _is_furniture(line):
+            kept.append(_strip_credits(line))
+    check()
     kept = [line for line in kept if line and not _is_furniture(line)]
     # A trailing run of bullet lines is a list of other headlines, not the article.
     end = len(kept)
@@ -131,8 +153,15 @@ _DATE_PATTERNS = [
 _WIRE = re.compile(r"\d{4}\s*/\s*(?P<source>[A-Za-z][\w .&-]{1,40}?)\s*/")
 # "China SCIO | September 6, 2023": a publisher before a date.
 _SOURCE_BAR = re.compile(r"^(?P<source>[^|]{2,40}?)\s*\|\s*\S")
-_EMAIL_DOMAIN = re.compile(r"[\w.+-]+@(?P<domain>[\w-]+(?:\.[\w-]+)+)")
-_URL = re.compile(r"https?://[^\s)>\]]+")
+# The local part is checked by a one-character look-behind rather than matched: "[\w.+-]+@" tried at
+# every position of a long word with no "@" took time quadratic in its length.
+_EMAIL_DOMAIN = re.compile(r"(?<=[\w.+-])@(?P<domain>[\w-]+(?:\.[\w-]+)+)")
+# A line that names the article's own address: "URL: https://...", "Canonical link: https://...".
+# A link anywhere else in the text (a "read more" line, a link in a sentence) may point anywhere.
+_CANONICAL = re.compile(
+    r"(?:canonical|permalink|original(?: article| story)?|source|url|link)(?: url| link)?\s?:\s?(?P<url>https?://\S+)",
+    re.IGNORECASE,
+)
 _HEAD_LINES = 6
 
 
@@ -177,13 +206,21 @@ def extract_metadata(paragraphs: list[str], raw: str) -> dict[str, str | None]:
         emails = _EMAIL_DOMAIN.findall(raw)
         if emails:
             source = emails[-1]
-    url_match = _URL.search(raw)
     return {
         "title": _guess_title(paragraphs),
         "source": source,
         "published": published,
-        "url": url_match.group(0) if url_match else None,
+        "url": _canonical_url(paragraphs),
     }
+
+
+def _canonical_url(paragraphs: list[str]) -> str | None:
+    """The address a kept line gives as the article's own ("URL: https://..."), if it is a web address."""
+    for line in paragraphs:
+        match = _CANONICAL.fullmatch(line) if len(line) <= _MAX_URL + 40 else None
+        if match and _web_address(match.group("url")):
+            return match.group("url")
+    return None
 
 
 def _guess_title(paragraphs: list[str]) -> str:
@@ -212,11 +249,11 @@ _META_KEYS = {"title": "title", "source": "source", "publisher": "source", "date
               "published": "published", "url": "url"}
 
 
-def _front_matter(raw: str) -> tuple[dict[str, str], str]:
+def _front_matter(raw: str) -> tuple[dict[str, object], str]:
     match = _FRONT_MATTER.match(raw)
     if not match:
         return {}, raw
-    meta = {}
+    meta: dict[str, object] = {}
     for line in match.group("body").splitlines():
         key, sep, value = line.partition(":")
         if sep and key.strip().lower() in _META_KEYS:
@@ -224,12 +261,82 @@ def _front_matter(raw: str) -> tuple[dict[str, str], str]:
     return meta, raw[match.end():]
 
 
+# --- checking the metadata a file states ---------------------------------------------------
+
+_MAX_URL = 2000
+_MAX_LABEL = {"title": 300, "source": 200}
+_ISO_DATE = re.compile(r"(\d{4})-(\d{2})-(\d{2})(?:[T ][0-9:.+\-Z]{1,40})?")
+_EXPECTED = {
+    "published": "expected an ISO date, YYYY-MM-DD",
+    "url": f"expected an http:// or https:// address of at most {_MAX_URL} characters",
+    "title": f"expected text of at most {_MAX_LABEL['title']} characters",
+    "source": f"expected text of at most {_MAX_LABEL['source']} characters",
+}
+
+
+def _web_address(value: str) -> bool:
+    """An absolute http(s) address with a host, and no space or control character in it."""
+    if len(value) > _MAX_URL or any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        return False
+    try:
+        parts = urlsplit(value)
+        return parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
+    except ValueError:
+        return False
+
+
+def _checked_field(field: str, value: object) -> str | None:
+    """A front matter or sidecar value as the API documents it, or None when it is not one."""
+    if not isinstance(value, str):
+        return None  # lists, objects, numbers and booleans are not titles, dates or addresses
+    text = " ".join(_CONTROL.sub(" ", _INVISIBLE.sub("", value)).split())
+    if not text:
+        return None
+    if field == "published":
+        match = _ISO_DATE.fullmatch(text)
+        if not match:
+            return None
+        try:
+            return date(int(match.group(1)), int(match.group(2)), int(match.group(3))).isoformat()
+        except ValueError:
+            return None
+    if field == "url":
+        return text if _web_address(text) else None
+    return text if len(text) <= _MAX_LABEL[field] else None
+
+
+def checked_metadata(stated: dict[str, object], name: str) -> dict[str, str]:
+    """The stated fields that hold what the API promises (an ISO date, an http(s) address, short text).
+
+    A field that does not is dropped with a logged message, and what the text itself says is used.
+    """
+    kept = {}
+    for field, value in stated.items():
+        checked = _checked_field(field, value)
+        if checked is None:
+            shown = value if isinstance(value, str) else type(value).__name__
+            log.warning("%s: ignored its %s %.80r: %s", name, field, shown, _EXPECTED[field])
+        else:
+            kept[field] = checked
+    return kept
+
+
+# --- markdown --------------------------------------------------------------------------------
+
+# Link text stops at any bracket and the address at any bracket or parenthesis: each match attempt
+# then reads only up to the next one, so a text of unclosed "[a[a[a..." costs linear time, not quadratic.
+_MD_HEADING = re.compile(r"^\s{0,3}#{1,6}\s+", re.MULTILINE)
+_MD_IMAGE = re.compile(r"!\[([^\[\]]*)\]\([^()\[\]]*\)")
+_MD_LINK = re.compile(r"\[([^\[\]]+)\]\([^()\[\]]*\)")
+_MD_EMPHASIS = re.compile(r"\*\*|__|`")
+
+
 def _markdown_to_text(raw: str) -> str:
     """Drop the markdown syntax a reader would not see; keep every word."""
-    text = re.sub(r"^\s{0,3}#{1,6}\s+", "", raw, flags=re.MULTILINE)
-    text = re.sub(r"!\[([^\]]*)\]\([^)]*\)", r"\1", text)
-    text = re.sub(r"\[([^\]]+)\]\([^)]*\)", r"\1", text)
-    return re.sub(r"(\*\*|__|`)", "", text)
+    text = _MD_HEADING.sub("", raw)
+    text = _MD_IMAGE.sub(r"\1", text)
+    text = _MD_LINK.sub(r"\1", text)
+    return _MD_EMPHASIS.sub("", text)
 
 
 def _html_to_text(raw: str) -> str:
@@ -257,15 +364,35 @@ def decode(data: bytes, name: str) -> str:
         raise DocumentError(f"{name} is not UTF-8 (bad byte at position {exc.start}); save it as UTF-8") from None
 
 
-def parse(data: bytes, doc_id: str, suffix: str, sidecar: bytes | None = None) -> Document:
-    """Turn an article's bytes (and optional sidecar JSON) into a cleaned Document."""
+def _deadline(name: str, seconds: float) -> Callable[[], None]:
+    """A check that raises a DocumentError once `seconds` have passed since it was made."""
+    ends = time.monotonic() + seconds
+
+    def check() -> None:
+        if time.monotonic() > ends:
+            raise DocumentError(f"{name} took over {seconds:g} s to read and was stopped; it looks built to be "
+                                "slow to parse: save it as plain text and add it again")
+
+    return check
+
+
+def parse(data: bytes, doc_id: str, suffix: str, sidecar: bytes | None = None, *,
+          budget: float = PARSE_SECONDS) -> Document:
+    """Turn an article's bytes (and optional sidecar JSON) into a cleaned Document.
+
+    Raises DocumentError for bytes that are not an article, and for one that takes over `budget`
+    seconds to read (checked between steps and every few hundred lines).
+    """
     name = doc_id + suffix
+    check = _deadline(name, budget)
     raw = decode(data, name)
-    overrides, raw = _front_matter(raw)
+    stated, raw = _front_matter(raw)
+    overrides = checked_metadata(stated, name)
     if suffix in (".html", ".htm"):
         raw = _html_to_text(raw)
     elif suffix == ".md":
         raw = _markdown_to_text(raw)
+    check()
     if sidecar is not None:
         try:
             loaded = json.loads(sidecar.decode("utf-8"))
@@ -273,11 +400,14 @@ def parse(data: bytes, doc_id: str, suffix: str, sidecar: bytes | None = None) -
             raise DocumentError(f"{doc_id}{META_SUFFIX} is not valid JSON: {exc}") from None
         if not isinstance(loaded, dict):
             raise DocumentError(f"{doc_id}{META_SUFFIX} must hold a JSON object")
-        overrides.update({_META_KEYS[k]: str(v) for k, v in loaded.items() if k in _META_KEYS and v is not None})
-    paragraphs = clean_lines(raw)
+        # A sidecar value overrides the front matter's, if it is a good one.
+        overrides.update(checked_metadata({_META_KEYS[k]: v for k, v in loaded.items() if k in _META_KEYS and v is not None},
+                                          doc_id + META_SUFFIX))
+    paragraphs = clean_lines(raw, check)
     if not paragraphs:
         raise DocumentError(f"{name} has no article text left after cleaning")
     meta = extract_metadata(paragraphs, raw)
+    check()
     meta.update(overrides)
     digest = hashlib.sha256(data + b"\x00" + (sidecar or b"")).hexdigest()
     return Document(
@@ -302,11 +432,17 @@ def article_files(docs_dir: Path) -> list[Path]:
                        if entry.is_file() and not entry.name.startswith(".")
                        and os.path.splitext(entry.name)[1].lower() in SUFFIXES)
     ids: dict[str, str] = {}
+    folded: dict[str, str] = {}  # ids by their case-folded form
     for name in names:
         stem = os.path.splitext(name)[0]
         if stem in ids:
             raise DocumentError(f"two articles share the id {stem!r}: {ids[stem]} and {name}; rename one")
+        # On a case-insensitive file system (macOS, Windows) the two would be one file.
+        if stem.casefold() in folded:
+            raise DocumentError(f"two article ids differ only in case: {ids[folded[stem.casefold()]]} and {name}; "
+                                "rename one")
         ids[stem] = name
+        folded[stem.casefold()] = stem
     return [docs_dir / ids[key] for key in sorted(ids)]
 
 

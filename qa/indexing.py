@@ -10,7 +10,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import accumulate
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -265,8 +265,12 @@ def _in_context(docs: list[Document], split: list[tuple[list[Chunk], list[tuple[
 
 def build(settings: Settings, embedder: Embedder, *, full: bool = False, progress: bool = False,
           log: Log = lambda message: None, current: IndexData | None = None, locked: bool = False,
-          lock_wait: float = 0.0, cancel: threading.Event | None = None) -> BuildReport:
+          lock_wait: float = 0.0, cancel: threading.Event | None = None,
+          parsed: Mapping[str, Document] | None = None) -> BuildReport:
     """Bring the index in line with the articles folder; only changed articles are embedded.
+
+    `parsed` holds articles the caller has parsed already (an upload, checked before it was written),
+    by id: one is used when its content hash is still the file's, so it is not parsed again.
 
     `current` is the live version already in memory, if the caller has it: used instead of reading
     it again when it is still the live one on disk. `locked`: the caller holds the build lock (and has
@@ -305,6 +309,10 @@ def build(settings: Settings, embedder: Embedder, *, full: bool = False, progres
             old = previous.get(path.stem)
             if old is not None and old.content_hash == documents.file_hash(path):
                 kept_ids.add(path.stem)
+                continue
+            ready = parsed.get(path.stem) if parsed else None
+            if ready is not None and ready.content_hash == documents.file_hash(path):
+                changed.append(ready)
                 continue
             try:
                 changed.append(documents.load(path))
