@@ -357,7 +357,6 @@ def create_app(assistant: Assistant, web_dir: Path = WEB_DIR, *, watch: bool = F
             watcher.stop()
         jobs.shutdown(assistant.cancel)
 
-
     app = FastAPIOffline(
         lifespan=lifespan,
         title="qa: questions over news articles",
