@@ -28,6 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from . import security, serialize
 from .assistant import Assistant, Upload
 from .config import Settings
+from .conversation import MAX_HISTORY
 from .errors import (BuildCancelled, DocumentError, DocumentNotFound, IndexBusy, IndexCorrupt, IndexError_,
                      IndexIncompatible, IndexMissing, QAError, QuestionError, TooManyUpdates)
 
@@ -53,6 +54,10 @@ _CODES: dict[type[QAError], str] = {
 }
 
 
+# Codes for errors raised as HTTP statuses: the same code as a domain error with that status.
+_HTTP_CODES = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
+
+
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     """The one error shape: {"error": {"code": ..., "message": ...}}."""
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
@@ -60,11 +65,27 @@ def error_response(status: int, code: str, message: str, headers: dict[str, str]
 
 # --- request and response models (they also document the API at /docs) ---------------------
 
+class FiltersModel(BaseModel):
+    """Which articles may answer; every condition given must hold. Applied before ranking."""
+
+    sources: list[str] | None = Field(None, max_length=100, description="Only articles from these sources (any case).")
+    published_from: str | None = Field(None, description="Only articles published on or after this date, YYYY-MM-DD.")
+    published_to: str | None = Field(None, description="Only articles published on or before this date, YYYY-MM-DD.")
+    doc_ids: list[str] | None = Field(None, max_length=100, description="Only these articles.")
+
+    model_config = {"extra": "forbid"}
+
+
 class AskRequest(BaseModel):
-    question: str = Field(min_length=1, max_length=4000, description="What to ask about the articles.",
+    # Blank and empty questions are refused by the assistant, with the same message the CLI gives.
+    question: str = Field(max_length=4000, description="What to ask about the articles: a question or keywords.",
                           examples=["What is the total area of the Hetao cooperation zone?"])
     top_k: int = Field(5, ge=1, le=50, strict=True, description="How many passages to return.")
     mode: Literal["hybrid", "dense", "lexical"] | None = Field(None, description="Retrieval mode; hybrid by default.")
+    history: list[str] = Field(default_factory=list, max_length=MAX_HISTORY,
+                               description="The conversation's earlier questions, oldest first, for follow-ups "
+                                           f"(at most {MAX_HISTORY}).")
+    filters: FiltersModel | None = Field(None, description="Limit the articles that may answer.")
 
     model_config = {"extra": "forbid", "json_schema_extra": {"examples": [
         {"question": "Who is the mayor of Shenzhen?", "top_k": 5}]}}
@@ -72,7 +93,7 @@ class AskRequest(BaseModel):
 
 class AnswerModel(BaseModel):
     text: str
-    passage: int = Field(description="Index into `passages` of the passage holding the sentence.")
+    passage: int = Field(description="`rank` of the passage holding the sentence (counted from 1).")
     start: int = Field(description="Start offset of the sentence in the article text.")
     end: int
     score: float
@@ -107,8 +128,12 @@ class AskResponse(BaseModel):
     answer: AnswerModel | None = Field(description="The answering sentence, or null when nothing answers.")
     passages: list[PassageModel]
     took_ms: float
-    mode: str
+    mode: str = Field(description="Retrieval mode used: hybrid, dense or lexical.")
     index_version: str
+    resolved_question: str = Field(description="The question as searched: keywords made a question, a follow-up's "
+                                               "pronouns replaced from the history.")
+    followup: bool = Field(description="Whether the history was used.")
+    filters: dict[str, Any] | None = Field(description="The filters applied, or null.")
 
 
 class DocumentSummary(BaseModel):
@@ -357,6 +382,7 @@ def create_app(assistant: Assistant, web_dir: Path = WEB_DIR, *, watch: bool = F
             watcher.stop()
         jobs.shutdown(assistant.cancel)
 
+
     app = FastAPIOffline(
         lifespan=lifespan,
         title="qa: questions over news articles",
@@ -388,13 +414,23 @@ def create_app(assistant: Assistant, web_dir: Path = WEB_DIR, *, watch: bool = F
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = []
         for error in exc.errors():
+            if error.get("type") == "json_invalid":
+                # Its location is a character offset, not a field.
+                at = next((part for part in error.get("loc", ()) if isinstance(part, int)), None)
+                reason = (error.get("ctx") or {}).get("error", "")
+                problems.append(f"the request body is not valid JSON ({reason or 'cannot parse it'}"
+                                f"{f' at character {at}' if at is not None else ''}); send a JSON object")
+                continue
             where = ".".join(str(part) for part in error.get("loc", ()) if part != "body") or "body"
+            if error.get("type") == "extra_forbidden":
+                problems.append(f"{where}: unknown field; see /docs for the fields this request takes")
+                continue
             problems.append(f"{where}: {error.get('msg', 'invalid')}")
         return error_response(422, "invalid_request", "; ".join(problems) or "invalid request")
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = "too_large" if exc.status_code == 413 else "http_error"
+        code = _HTTP_CODES.get(exc.status_code, "http_error")
         return error_response(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
@@ -416,12 +452,14 @@ def create_app(assistant: Assistant, web_dir: Path = WEB_DIR, *, watch: bool = F
     # Parsing holds the interpreter lock throughout: one upload at a time leaves the others' threads room.
     parse_threads = anyio.CapacityLimiter(1)
 
-    async def ask(question: str, top_k: int, mode: str | None) -> Response:
+    async def ask(question: str, top_k: int, mode: str | None, history: list[str] | None = None,
+                  filters: dict[str, Any] | None = None) -> Response:
         """A repeated question is answered from the cache here; any other is worked out in the thread pool,
         off the event loop. The body is serialised once, by pydantic-core, as the response model would be."""
-        result = assistant.cached(question, top_k, mode)  # type: ignore[arg-type]
+        options = {"history": history, "filters": filters}
+        result = assistant.cached(question, top_k, mode, **options)  # type: ignore[arg-type]
         if result is None:
-            result = await anyio.to_thread.run_sync(partial(assistant.ask, question, top_k, mode),  # type: ignore[arg-type]
+            result = await anyio.to_thread.run_sync(partial(assistant.ask, question, top_k, mode, **options),  # type: ignore[arg-type]
                                                     limiter=ask_threads)
         return Response(to_json(serialize.result_json(result), inf_nan_mode="null"), media_type="application/json")
 
@@ -432,11 +470,12 @@ def create_app(assistant: Assistant, web_dir: Path = WEB_DIR, *, watch: bool = F
     @app.post("/ask", response_model=AskResponse, responses=_ERRORS, summary="Ask a question")
     async def ask_post(body: Annotated[AskRequest, Body()]) -> Any:
         """Best passages with citations, and the answering sentence when the evidence is strong."""
-        return await ask(body.question, body.top_k, body.mode)
+        filters = body.filters.model_dump(exclude_none=True) if body.filters is not None else None
+        return await ask(body.question, body.top_k, body.mode, body.history, filters)
 
     @app.get("/ask", response_model=AskResponse, responses=_ERRORS, summary="Ask a question (query string)")
     async def ask_get(
-        q: Annotated[str, Query(min_length=1, max_length=4000, examples=["Who is the mayor of Shenzhen?"])],
+        q: Annotated[str, Query(max_length=4000, examples=["Who is the mayor of Shenzhen?"])],
         top_k: Annotated[int, Query(ge=1, le=50)] = 5,
         mode: Annotated[Literal["hybrid", "dense", "lexical"] | None, Query()] = None,
     ) -> Any:
@@ -457,7 +496,8 @@ def create_app(assistant: Assistant, web_dir: Path = WEB_DIR, *, watch: bool = F
 
     @app.post("/documents", status_code=202, response_model=JobModel, responses=_ERRORS, summary="Add articles",
               dependencies=[Depends(require_token)])
-    async def add_documents(files: Annotated[list[UploadFile], File(description=".txt or .md articles, UTF-8")]) -> Any:
+    async def add_documents(files: Annotated[list[UploadFile], File(
+            description="Articles: .txt or .md (UTF-8), .html or .htm pages, .pdf files")]) -> Any:
         """Checked at once; indexed in the background while the current index keeps answering."""
         if not files:
             raise DocumentError("no files uploaded")
@@ -467,7 +507,7 @@ def create_app(assistant: Assistant, web_dir: Path = WEB_DIR, *, watch: bool = F
         uploads = []
         for upload in files:
             data = await upload.read(settings.max_upload_bytes + 1)
-            uploads.append(Upload(upload.filename or "", data))
+            uploads.append(Upload(upload.filename or "", data, upload.size))
         # Parsed once, in a worker thread: a large article takes a while, and the event loop answers others.
         checked = await anyio.to_thread.run_sync(assistant.validate_uploads, uploads, limiter=parse_threads)
         names = [name for name, _ in checked]

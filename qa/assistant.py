@@ -7,26 +7,35 @@ import re
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
+import numpy as np
+
 from . import answer as answering
-from . import changes, documents, indexing, store
+from . import changes, conversation, documents, indexing, store
+from . import filters as filtering
 from .config import Settings
+from .conversation import MAX_HISTORY, Query
 from .documents import Document
 from .embedding import Embedder, create
 from .errors import DocumentError, DocumentNotFound, IndexIncompatible, IndexMissing, QuestionError
+from .filters import Filters
 from .indexing import BuildReport
 from .lexical import Lexicon
 from .retrieval import MODES, Hit, Mode, Retriever, tidy
 from .store import IndexData
 
-UPLOAD_SUFFIXES = (".txt", ".md")
+UPLOAD_SUFFIXES = documents.SUFFIXES
 MAX_NAME_CHARS = 120
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 # A lone surrogate (a JSON "\\ud800" escape, say): it cannot be encoded as UTF-8.
 _SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+# A cache key: index version, question, top_k, mode, earlier questions, filters.
+_Key = tuple[str, str, int, Mode, tuple[str, ...], Filters]
 
 
 @dataclass(frozen=True)
@@ -60,6 +69,9 @@ class Result:
     took_ms: float
     version: str
     mode: str
+    resolved: str = ""  # the question as searched: keywords made a question, a follow-up's pronouns resolved
+    followup: bool = False  # whether the conversation's earlier questions were used
+    filters: Filters | None = None
 
 
 @dataclass(frozen=True)
@@ -68,6 +80,7 @@ class Upload:
 
     name: str
     data: bytes
+    size: int | None = None  # the whole file's size when `data` may have been cut short at the limit
 
 
 class Snapshot:
@@ -141,7 +154,8 @@ class Assistant:
             self.load()
             return None
         except IndexMissing:
-            log(f"no index in {self.settings.index_dir}; building it from {self.settings.docs_dir}")
+            log(f"no index built yet (looked in {self.settings.index_dir}/); building one from the articles in "
+                f"{self.settings.docs_dir}/")
         except IndexIncompatible as exc:
             log(f"the index in {self.settings.index_dir} cannot be used as it is ({exc}); rebuilding it from "
                 f"{self.settings.docs_dir}")
@@ -191,7 +205,9 @@ class Assistant:
         if len(stem) > MAX_NAME_CHARS:
             raise DocumentError(f"{upload.name[:40]!r}... is a file name over {MAX_NAME_CHARS} characters; shorten it")
         if len(upload.data) > self.settings.max_upload_bytes:
-            raise DocumentError(f"{upload.name!r} is {len(upload.data):,} bytes; the limit is {self.settings.max_upload_bytes:,}")
+            # An adapter may read only one byte past the limit: say "over" rather than a size it did not see.
+            size = f"{upload.size:,} bytes" if upload.size is not None else f"over {self.settings.max_upload_bytes:,} bytes"
+            raise DocumentError(f"{upload.name!r} is {size}; the limit is {self.settings.max_upload_bytes:,}")
         doc = documents.parse(upload.data, stem, suffix)
         return stem + suffix, doc
 
@@ -280,57 +296,108 @@ class Assistant:
             raise QuestionError(f"top_k must be a whole number from 1 to 50, got {top_k!r}")
         return text
 
-    def ask(self, question: str, top_k: int | None = None, mode: Mode | None = None) -> Result:
-        """Best passages for a question, with the answering sentence when the evidence is strong."""
+    def check_history(self, history: Sequence[str] | None) -> tuple[str, ...]:
+        """The conversation's earlier questions, oldest first, each checked like a question."""
+        if not history:
+            return ()
+        if isinstance(history, str) or not isinstance(history, (list, tuple)):
+            raise QuestionError("history must be a list of earlier questions, oldest first")
+        if len(history) > MAX_HISTORY:
+            raise QuestionError(f"history holds {len(history)} questions; the limit is {MAX_HISTORY} (send the latest)")
+        checked = []
+        for number, past in enumerate(history, start=1):
+            try:
+                checked.append(self.check_question(past, 1))
+            except QuestionError as exc:
+                raise QuestionError(f"history[{number}]: {exc}") from None
+        return tuple(checked)
+
+    def ask(self, question: str, top_k: int | None = None, mode: Mode | None = None, *,
+            history: Sequence[str] | None = None, filters: Filters | dict[str, Any] | None = None) -> Result:
+        """Best passages for a question, with the answering sentence when the evidence is strong.
+
+        `history` holds the conversation's earlier questions (oldest first) a follow-up may lean on;
+        `filters` choose the articles that may answer.
+        """
         started = time.perf_counter()
-        snapshot, key = self._key(question, top_k, mode)
+        snapshot, key = self._key(question, top_k, mode, history, filters)
         cached = self._cached(key, question, started)
         if cached is not None:
             return cached
-        _, text, top_k, mode = key
-        result = self._answer(snapshot, text, top_k, mode, started)
+        _, text, top_k, mode, past, chosen = key
+        result = self._answer(snapshot, text, top_k, mode, started, history=past, filters=chosen)
         with self._cache_lock:
             self._cache[key] = result
             while len(self._cache) > self.settings.cache_size:
                 self._cache.popitem(last=False)
         return result
 
-    def cached(self, question: str, top_k: int | None = None, mode: Mode | None = None) -> Result | None:
+    def cached(self, question: str, top_k: int | None = None, mode: Mode | None = None, *,
+               history: Sequence[str] | None = None, filters: Filters | dict[str, Any] | None = None) -> Result | None:
         """What `ask` answers if the same question was asked of this index lately, else None; no model or index work."""
         started = time.perf_counter()
-        return self._cached(self._key(question, top_k, mode)[1], question, started)
+        return self._cached(self._key(question, top_k, mode, history, filters)[1], question, started)
 
-    def _key(self, question: str, top_k: int | None, mode: Mode | None) -> tuple[Snapshot, tuple[str, str, int, Mode]]:
+    def _key(self, question: str, top_k: int | None, mode: Mode | None, history: Sequence[str] | None = None,
+             filters: Filters | dict[str, Any] | None = None) -> tuple[Snapshot, _Key]:
         """The snapshot to answer from and the cache key of the checked question."""
         top_k = self.settings.top_k if top_k is None else top_k
         mode = mode or ("hybrid" if self.settings.hybrid else "dense")
         if mode not in MODES:
             raise QuestionError(f"mode must be one of {', '.join(MODES)}")
         text = self.check_question(question, top_k)
+        past = self.check_history(history)
+        chosen = filtering.parse(filters)
         snapshot = self.snapshot()
-        return snapshot, (snapshot.version, text, top_k, mode)
+        return snapshot, (snapshot.version, text, top_k, mode, past, chosen)
 
-    def _cached(self, key: tuple[str, str, int, Mode], question: str, started: float) -> Result | None:
+    def _search(self, snapshot: Snapshot, question: str, mode: Mode, history: Sequence[str],
+                filters: Filters) -> tuple[Query, np.ndarray, Any, Iterator[Hit]]:
+        """The question as searched (see qa/conversation.py), its vector, its terms and the ranked passages.
+
+        A follow-up's context joins the dense query and BM25 at settings.context_weight; filters pick the passages
+        before ranking.
+        """
+        settings = self.settings
+        asked = conversation.resolve(question, history)
+        texts = list(dict.fromkeys(t for t in (asked.text, asked.answer_text, asked.context) if t))
+        vectors = dict(zip(texts, self.embedder.embed(texts)))
+        search = vectors[asked.text]
+        if asked.context:
+            search = search + settings.context_weight * vectors[asked.context]
+            search = search / max(float(np.linalg.norm(search)), 1e-9)  # vectors are normalised: cosine stays inner product
+        retriever = snapshot.retriever
+        query = vectors[asked.answer_text]  # the answer step's vector and terms
+        terms = retriever.lexicon.terms(asked.answer_text)
+        search_terms = terms if asked.answer_text == asked.text else retriever.lexicon.terms(asked.text)
+        context_terms = retriever.lexicon.terms(asked.context) if asked.context else None
+        allowed = None
+        if not filters.empty:
+            allowed = retriever.allowed_rows(filtering.admitted(filters, snapshot.data.documents.values()))
+        ranked = retriever.ranked(None if mode == "lexical" else search, asked.text, mode=mode, rrf_k=settings.rrf_k,
+                                  dense_weight=settings.dense_weight, terms=search_terms, allowed=allowed,
+                                  context_terms=context_terms, context_weight=settings.context_weight)
+        return asked, query, terms, ranked
+
+    def _cached(self, key: _Key, question: str, started: float) -> Result | None:
         with self._cache_lock:
             cached = self._cache.get(key)
             if cached is not None:
                 self._cache.move_to_end(key)
         if cached is None:
             return None
-        return Result(question, cached.answer, cached.passages, (time.perf_counter() - started) * 1000, cached.version,
-                      key[3])
+        return replace(cached, question=question, took_ms=(time.perf_counter() - started) * 1000, mode=key[3])
 
-    def _answer(self, snapshot: Snapshot, question: str, top_k: int, mode: Mode, started: float) -> Result:
+    def _answer(self, snapshot: Snapshot, question: str, top_k: int, mode: Mode, started: float, *,
+                history: Sequence[str] = (), filters: Filters = Filters()) -> Result:
         settings = self.settings
-        query = self.embedder.embed([question])[0]
-        terms = snapshot.retriever.lexicon.terms(question)  # once, for the search and the answer step
-        ranked = snapshot.retriever.ranked(None if mode == "lexical" else query, question, mode=mode,
-                                           rrf_k=settings.rrf_k, dense_weight=settings.dense_weight, terms=terms)
+        asked, query, terms, ranked = self._search(snapshot, question, mode, history, filters)
         hits = tidy(ranked, top_k, settings.max_per_doc)
         found = answering.choose(query, terms, hits, snapshot.data, snapshot.retriever,
-                                 settings.answer_threshold, question=question)
+                                 settings.answer_threshold, question=asked.answer_text)
         passages = [self._passage(snapshot, rank, hit) for rank, hit in enumerate(hits, start=1)]
-        return Result(question, found, passages, (time.perf_counter() - started) * 1000, snapshot.version, mode)
+        return Result(question, found, passages, (time.perf_counter() - started) * 1000, snapshot.version, mode,
+                      asked.text, asked.followup, None if filters.empty else filters)
 
     @staticmethod
     def _passage(snapshot: Snapshot, rank: int, hit: Hit) -> Passage:

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from .errors import DocumentError
 
-SUFFIXES = (".txt", ".md", ".html", ".htm")
+SUFFIXES = (".txt", ".md", ".html", ".htm", ".pdf")
 META_SUFFIX = ".meta.json"
 # Bumped whenever cleaning changes what text or metadata an article yields, so old indexes are rebuilt.
 # 3: the url comes only from metadata or a labelled line; front matter and sidecar values are checked.
@@ -352,6 +352,49 @@ def _html_to_text(raw: str) -> str:
     return f"{title}\n{body}" if title else body
 
 
+# A PDF line that ends a paragraph: it closes a sentence or is short (a heading); others are wrapped lines.
+_PDF_LINE_END = re.compile(r"[.!?:;\"”’)]$")
+
+
+def _pdf_to_text(data: bytes, name: str) -> str:
+    """The text of a PDF's pages, wrapped lines joined into paragraphs (one per line, as clean_lines expects)."""
+    import io
+
+    from pypdf import PdfReader  # lazily: only PDF articles need it
+    from pypdf.errors import PdfReadError
+
+    if not data.strip():
+        raise DocumentError(f"{name} is empty")
+    try:
+        reader = PdfReader(io.BytesIO(data))
+        if reader.is_encrypted:
+            raise DocumentError(f"{name} is an encrypted PDF; save an unprotected copy and add that")
+        pages = [page.extract_text() or "" for page in reader.pages]
+    except PdfReadError as exc:
+        raise DocumentError(f"{name} is not a readable PDF ({exc})") from None
+    paragraphs: list[str] = []
+    current = ""
+    for line in "\n".join(pages).splitlines():
+        line = line.strip()
+        if not line:
+            if current:
+                paragraphs.append(current)
+            current = ""
+            continue
+        if current.endswith("-") and line[:1].islower():  # a word hyphenated at the line's end
+            current = current[:-1] + line
+        else:
+            current = f"{current} {line}" if current else line
+        if _PDF_LINE_END.search(line) or len(line) < 40:
+            paragraphs.append(current)
+            current = ""
+    if current:
+        paragraphs.append(current)
+    if not paragraphs:
+        raise DocumentError(f"{name} has no text layer (a scanned PDF?); only PDFs with text can be added")
+    return "\n".join(paragraphs)
+
+
 def decode(data: bytes, name: str) -> str:
     """Bytes of an article as text, or a DocumentError saying what is wrong with them."""
     if not data.strip():
@@ -385,7 +428,7 @@ def parse(data: bytes, doc_id: str, suffix: str, sidecar: bytes | None = None, *
     """
     name = doc_id + suffix
     check = _deadline(name, budget)
-    raw = decode(data, name)
+    raw = _pdf_to_text(data, name) if suffix == ".pdf" else decode(data, name)
     stated, raw = _front_matter(raw)
     overrides = checked_metadata(stated, name)
     if suffix in (".html", ".htm"):
