@@ -102,7 +102,7 @@ def _worker(settings: Settings) -> None:
     """Child process: one server answering on its own socket of the shared port, and following CURRENT."""
     import uvicorn
 
-    from .api import create_app, limit_threads
+    from .api import create_app, limit_threads, server_options
     from .assistant import Assistant
 
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
@@ -114,7 +114,7 @@ def _worker(settings: Settings) -> None:
     log.info("worker serving index version %s", assistant.stats()["version"])
     listener = bind(settings.host, settings.port)
     listener.listen(2048)
-    config = uvicorn.Config(create_app(assistant), log_level="info")
+    config = uvicorn.Config(create_app(assistant), log_level="info", **server_options())
     uvicorn.Server(config).run(sockets=[listener])
 
 
@@ -137,6 +137,10 @@ def bind(host: str, port: int) -> socket.socket:
 def serve(settings: Settings) -> None:
     """`qa serve --workers N`: prepare the index, bind once, run N workers until interrupted."""
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    from .security import exposure_notice
+
+    for line in exposure_notice(settings):
+        log.warning(line)
     context = multiprocessing.get_context("spawn")  # fresh interpreters: no threads or model state forked
     receiver, sender = context.Pipe(duplex=False)
     prepare = context.Process(target=_prepare, args=(settings, sender), name="qa-prepare")
