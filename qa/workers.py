@@ -11,8 +11,11 @@ checksums included, and swaps it in between two questions. A version is only nam
 all its files are written (see store.write), so no worker ever serves a half-built one.
 
 Each worker has its own answer cache and its own queue of index jobs; a POST /documents goes to one
-worker, which builds the new version, and the others pick it up from CURRENT. Two uploads that reach
-two workers at the same moment do not queue behind each other: the second fails with "busy".
+worker, which builds the new version, and the others pick it up from CURRENT (builds in different
+processes take the index folder's build lock in turn). The first worker alone watches the articles
+folder, so a file dropped there is indexed once. A job is known to the worker that took it: a client
+following GET /jobs/{id} should keep its connection (browsers and HTTP clients do), since a new one may
+reach another worker.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ class VersionFollower:
         self.interval = interval
         self._stop = threading.Event()
         self._failed: str | None = None  # the version last refused, reported once rather than every poll
+        self._serving: str | None = assistant.stats()["version"]  # the version last logged as served
         self._thread = threading.Thread(target=self._run, name="qa-follow", daemon=True)
 
     def start(self) -> VersionFollower:
@@ -64,7 +68,6 @@ class VersionFollower:
         """One look at CURRENT; errors are logged, and the version in memory keeps answering."""
         try:
             if self.assistant.follow():
-                log.info("now serving index version %s", self.assistant.stats()["version"])
                 self._failed = None
         except QAError as exc:
             # A version pruned between reading CURRENT and loading it, or one built by another model:
@@ -75,6 +78,11 @@ class VersionFollower:
                 self._failed = message
         except Exception:  # a worker must not lose its follower to a surprise
             log.exception("could not follow the live index version")
+        # Logged whoever swapped it in (this thread, or a build or folder sync in this process).
+        version = self.assistant.stats()["version"]
+        if version != self._serving:
+            log.info("now serving index version %s", version)
+            self._serving = version
 
 
 # --- the supervisor ------------------------------------------------------------------------------
@@ -98,8 +106,12 @@ def _prepare(settings: Settings, errors: Any) -> None:
     errors.send(None)
 
 
-def _worker(settings: Settings) -> None:
-    """Child process: one server answering on its own socket of the shared port, and following CURRENT."""
+def _worker(settings: Settings, watch: bool) -> None:
+    """Child process: one server answering on its own socket of the shared port, and following CURRENT.
+
+    `watch`: this worker also syncs the index with the articles folder when files change there (one
+    worker does, so a change is indexed once; the others follow the version it makes live).
+    """
     import uvicorn
 
     from .api import create_app, limit_threads, server_options
@@ -114,7 +126,7 @@ def _worker(settings: Settings) -> None:
     log.info("worker serving index version %s", assistant.stats()["version"])
     listener = bind(settings.host, settings.port)
     listener.listen(2048)
-    config = uvicorn.Config(create_app(assistant), log_level="info", **server_options())
+    config = uvicorn.Config(create_app(assistant, watch=watch), log_level="info", **server_options())
     uvicorn.Server(config).run(sockets=[listener])
 
 
@@ -160,7 +172,7 @@ def serve(settings: Settings) -> None:
     workers: list[tuple[Any, float]] = []
     try:
         for _ in range(settings.workers):
-            workers.append(_start(context, settings))
+            workers.append(_start(context, settings, watch=not workers))
         log.info("serving on http://%s:%d with %d worker processes", settings.host, settings.port, settings.workers)
         while not stopping.wait(0.5):
             for number, (process, started) in enumerate(workers):
@@ -170,7 +182,7 @@ def serve(settings: Settings) -> None:
                     raise QAError(f"worker {process.pid} exited with status {process.exitcode} right after "
                                   "starting; see the log above")
                 log.warning("worker %d exited with status %s; starting another", process.pid, process.exitcode)
-                workers[number] = _start(context, settings)
+                workers[number] = _start(context, settings, watch=number == 0)
     finally:
         for process, _ in workers:
             if process.is_alive():
@@ -185,7 +197,7 @@ def serve(settings: Settings) -> None:
             signal.signal(sig, handler)
 
 
-def _start(context: Any, settings: Settings) -> tuple[Any, float]:
-    process = context.Process(target=_worker, args=(settings,), name="qa-worker")
+def _start(context: Any, settings: Settings, watch: bool) -> tuple[Any, float]:
+    process = context.Process(target=_worker, args=(settings, watch), name="qa-worker")
     process.start()
     return process, time.monotonic()
