@@ -104,7 +104,9 @@ def test_answer_with_citation_and_passage_cards(page: Page) -> None:
     expect(first).to_contain_text(HETAO_FACT)
     expect(first).to_contain_text("PRNewswire")
     expect(first.locator('time[datetime="2023-09-01"]')).to_have_count(1)
-    expect(first.get_by_test_id("card-score")).to_have_text(re.compile(r"^score \d"))
+    # Ranking scores are not comparable across questions: the page shows none (the API keeps them).
+    expect(first.get_by_test_id("card-score")).to_have_count(0)
+    expect(first).not_to_contain_text("score")
     # The answering sentence is highlighted inside its own card, exactly.
     expect(first.get_by_test_id("card-answer")).to_have_text(turn.get_by_test_id("answer-text").inner_text())
     expect(turn.get_by_test_id("card-answer")).to_have_count(1)
