@@ -227,6 +227,12 @@ REPORTED = {
     "many @ signs": ("a@" * (SIZE // 2), ".txt"),
     "closing brackets after a dot": ("A b." + ")" * SIZE + "a", ".txt"),
     "front matter that never closes": ("---\n" + "\n---" + " " * SIZE, ".md"),
+    # html.parser read the rest of the page again at each unfinished tag: 80 KB of these took 5 to 17 s.
+    "unfinished tags (HTML)": ("<a" * (SIZE // 2), ".html"),
+    "unfinished attributes (HTML)": ('<p x="' * (SIZE // 6), ".html"),
+    "unfinished end tags (HTML)": ("</" * (SIZE // 2), ".html"),
+    "a never-ending tag name (HTML)": ("<" + "a" * SIZE, ".html"),
+    "comments that never close (HTML)": ("<p>Text.</p><!--" * (SIZE // 16), ".html"),
 }
 
 
@@ -237,13 +243,20 @@ def test_reported_inputs_take_linear_time(name: str) -> None:
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(unit=st.text(alphabet="a .!?…\"')]([@#-*_`:/\nhtp", min_size=1, max_size=6),
-       prefix=st.sampled_from(["", "Intro sentence here. ", "---\n", "# Title\n", "URL: "]),
-       suffix=st.sampled_from([".txt", ".md"]))
+@given(unit=st.text(alphabet="a .!?…\"')]([@#-*_`:/\nhtp<>=&;", min_size=1, max_size=6),
+       prefix=st.sampled_from(["", "Intro sentence here. ", "---\n", "# Title\n", "URL: ", "<p>"]),
+       suffix=st.sampled_from([".txt", ".md", ".html"]))
 def test_generated_inputs_take_linear_time(unit: str, prefix: str, suffix: str) -> None:
     """A short piece repeated to 30 KB: what makes a backtracking pattern slow is one character or two
     repeated at length, after a start that lets the pattern begin."""
     assert_linear(prefix + unit * (SIZE // len(unit)), suffix)
+
+
+@pytest.mark.parametrize("page", ["<![" * 1000, "<!DOCTYPE", "<script>" * 100, "<?xml" * 100])
+def test_a_broken_page_is_a_clear_error_not_a_crash(page: str) -> None:
+    """html.parser raised its own AssertionError on "<![<![...": a build met it as an unexpected error."""
+    with pytest.raises(DocumentError, match="no article text"):
+        documents.parse(page.encode(), "page", ".html")
 
 
 def test_a_runaway_parse_is_stopped_with_a_clear_error() -> None:
