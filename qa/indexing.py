@@ -28,6 +28,9 @@ Log = Callable[[str], None]
 # passage) are freed before the next, so a build's memory does not grow with the size of an upload,
 # and a cancelled build stops within a slice (about 2 s of the packaged model on 2 cores).
 EMBED_SLICE = 128
+# Articles are split and embedded in groups of about this many characters: a build holds the texts of
+# one group's passages and sentences at a time, not of every article it adds.
+GROUP_CHARS = 1_000_000
 
 
 def check_cancel(cancel: threading.Event | None) -> None:
@@ -163,10 +166,13 @@ def merged_terms(parts: list[_Part]) -> IndexTerms:
     return lexical.merge([p.terms for p in _in_order(parts) if p.terms is not None])
 
 
-def assemble(parts: list[_Part], dimension: int, terms: IndexTerms | None = None) -> IndexData:
+def assemble(parts: list[_Part], dimension: int, terms: IndexTerms | None = None, *,
+             release: bool = False) -> IndexData:
     """Concatenate parts, in id order, into one index's arrays and terms (`terms`: merged_terms(parts), if made).
 
     The bm25s indexes are left to the caller: build makes them while this copies arrays and store.write writes.
+    `release`: empty each part's arrays once copied (the caller is done with them), so that the new
+    articles' vectors are not held twice while the index's arrays fill.
     """
     parts = _in_order(parts)
     chunks, sentences, chunk_sentences = [], [], []
@@ -174,16 +180,21 @@ def assemble(parts: list[_Part], dimension: int, terms: IndexTerms | None = None
         chunk_sentences.extend(_shifted(part.chunk_sentences, len(sentences)))
         chunks.extend(part.chunks)
         sentences.extend(part.sentences)
-    empty = np.zeros((0, dimension), dtype=np.float32)
-    return IndexData(
-        documents={doc.doc_id: doc for p in parts for doc in p.docs},
-        chunks=chunks,
-        vectors=np.concatenate([p.vectors for p in parts] or [empty]).astype(np.float32, copy=False),
-        sentences=sentences,
-        sentence_vectors=np.concatenate([p.sentence_vectors for p in parts] or [empty]).astype(np.float32, copy=False),
-        chunk_sentences=chunk_sentences,
-        terms=merged_terms(parts) if terms is None else terms,
-    )
+    documents = {doc.doc_id: doc for p in parts for doc in p.docs}
+    terms = merged_terms(parts) if terms is None else terms
+    # np.empty's pages are only committed as they are written: filled part by part, while the parts
+    # already copied are released, memory grows by about one part at a time.
+    vectors = np.empty((len(chunks), dimension), dtype=np.float32)
+    sentence_vectors = np.empty((len(sentences), dimension), dtype=np.float32)
+    at, s_at = 0, 0
+    for part in parts:
+        vectors[at:at + len(part.vectors)] = part.vectors
+        sentence_vectors[s_at:s_at + len(part.sentence_vectors)] = part.sentence_vectors
+        at, s_at = at + len(part.vectors), s_at + len(part.sentence_vectors)
+        if release:
+            part.vectors = part.sentence_vectors = np.zeros((0, dimension), dtype=np.float32)
+    return IndexData(documents=documents, chunks=chunks, vectors=vectors, sentences=sentences,
+                     sentence_vectors=sentence_vectors, chunk_sentences=chunk_sentences, terms=terms)
 
 
 def _shifted(pairs: list[tuple[int, int]], by: int) -> list[tuple[int, int]]:
@@ -203,12 +214,27 @@ def tokenise_missing(parts: list[_Part], lexicon: Lexicon) -> int:
 
 def embed_documents(docs: list[Document], settings: Settings, embedder: Embedder, progress: bool,
                     lexicon: Lexicon, cancel: threading.Event | None = None) -> list[_Part]:
-    """Chunk, embed and tokenise new or changed articles.
+    """Chunk, embed and tokenise new or changed articles, a group of about GROUP_CHARS characters at a time.
 
     With an embedder that can (the ONNX backends), each sentence's vector is pooled from its
     passage's own forward pass, in context, so the model reads every passage once; otherwise
     passages and sentences are embedded as separate texts in one batched pass.
     """
+    parts: list[_Part] = []
+    group: list[Document] = []
+    size = 0
+    for doc in docs:
+        group.append(doc)
+        size += len(doc.text)
+        if size >= GROUP_CHARS:
+            parts += _embed_group(group, settings, embedder, progress, lexicon, cancel)
+            group, size = [], 0
+    return parts + _embed_group(group, settings, embedder, progress, lexicon, cancel)
+
+
+def _embed_group(docs: list[Document], settings: Settings, embedder: Embedder, progress: bool,
+                 lexicon: Lexicon, cancel: threading.Event | None) -> list[_Part]:
+    """embed_documents for one group: its parts' arrays are slices of the group's own."""
     split = [split_document(doc, settings) for doc in docs]
     chunks = [c for doc_chunks, _, _ in split for c in doc_chunks]
     sentence_texts = [doc.text[s:e] for doc, (_, spans, _) in zip(docs, split) for s, e in spans]
@@ -340,8 +366,7 @@ def build(settings: Settings, embedder: Embedder, *, full: bool = False, progres
             # bm25s indexes in Python, holding the GIL, while copying the arrays and writing the version is
             # mostly memory, file I/O, hashing and FAISS, which release it: on two cores the two overlap.
             bm25 = pool.submit(lexical.bm25_indexes, terms)
-            data = assemble(parts, embedder.dimension, terms)
-            del parts  # the new articles' arrays are copied into data's: free them before writing
+            data = assemble(parts, embedder.dimension, terms, release=True)
             data = store.write(index_dir, data, fields, base, bm25, cancel)
         return BuildReport(data.version, len(data.documents), len(data.chunks), [d.doc_id for d in changed], removed,
                            skipped, time.perf_counter() - started, full, data)
