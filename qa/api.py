@@ -376,12 +376,12 @@ def create_app(assistant: Assistant, web_dir: Path = WEB_DIR, *, watch: bool = F
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
+        assistant.cancel.clear()  # set by a previous run of this app's shutdown
         watcher = start_watching(assistant, jobs) if watch else None
         yield
         if watcher is not None:
             watcher.stop()
         jobs.shutdown(assistant.cancel)
-
 
     app = FastAPIOffline(
         lifespan=lifespan,
