@@ -17,7 +17,7 @@ What was chosen, after reading how Jupyter Server and Ollama guard a server on t
   page is served from here, and programs send no Origin.
 - Token. `QA_API_TOKEN` guards adding and deleting articles. `QA_API_TOKEN_READS=1` makes it guard
   everything that serves article text or answers too (all but the page, its static files and /health);
-  the chat page sends no token, so that setting is for a server used only through the API.
+  the chat page sends the token only with changes, so that setting is for a server used through the API.
   A token is compared as UTF-8 bytes with the header's raw bytes, in constant time.
 - Slow clients. uvicorn times out idle keep-alive connections but not a client that never finishes its
   request headers; `header_timeout_protocol` closes such a connection after a few seconds.
