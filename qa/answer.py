@@ -148,11 +148,12 @@ _Candidate = tuple[int, int, float, float, float, str]
 def score_sentences(query: np.ndarray, terms: list[str], hits: list[Hit], data: IndexData, retriever: Retriever,
                     passages: int = PASSAGES, dense_weight: float = DENSE, question: str = "",
                     type_weight: float = TYPE, rank_weight: float = RANK, context: float = CONTEXT,
-                    best_only: bool = False) -> list[SentenceScore]:
+                    best_only: bool = False, exclude: frozenset[tuple[str, int, int]] = frozenset()) -> list[SentenceScore]:
     """Score each sentence of the top passages by meaning, shared rare words, answer kind and rank; best first.
 
     `question` defaults to the text `terms` came from (Lexicon.terms keeps it). With `best_only` the list
     holds the best sentence alone, and the answer kind is checked in no more sentences than that takes.
+    Sentences in `exclude` (doc_id, start, end) are not candidates.
     """
     question = question or getattr(terms, "text", "")
     form = set(retriever.lexicon.terms(" ".join(form_words(question)))) if question else set()
@@ -178,7 +179,7 @@ def score_sentences(query: np.ndarray, terms: list[str], hits: list[Hit], data: 
             text = doc.text[start:end]
             present = retriever.sentence_terms[row]
             # A headline, or a sentence made only of the question's own words, answers nothing.
-            if text == doc.title or present <= asked:
+            if text == doc.title or present <= asked or (exclude and data.sentences[row] in exclude):
                 continue
             coverage = sum(w for t, w in weights.items() if t in present) / total if total else 0.0
             if context and row > 0 and data.sentences[row - 1][0] == doc_id:
@@ -222,10 +223,14 @@ def _order(sentence: SentenceScore) -> tuple[float, int, int]:
 
 
 def choose(query: np.ndarray, terms: list[str], hits: list[Hit], data: IndexData, retriever: Retriever,
-           threshold: float, question: str = "", evidence: float = EVIDENCE, mismatch: float = MISMATCH) -> Answer | None:
-    """The best sentence if it clears the threshold; None means the articles do not answer."""
+           threshold: float, question: str = "", evidence: float = EVIDENCE, mismatch: float = MISMATCH,
+           exclude: frozenset[tuple[str, int, int]] = frozenset()) -> Answer | None:
+    """The best sentence if it clears the threshold; None means the articles do not answer.
+
+    `exclude` holds sentences (doc_id, start, end) that may not be the answer (see Assistant._answered_before).
+    """
     scored = score_sentences(query, terms, hits, data, retriever, question=question or getattr(terms, "text", ""),
-                             best_only=True)
+                             best_only=True, exclude=exclude)
     if not scored:
         return None
     best = scored[0]

@@ -30,6 +30,9 @@ from .store import IndexData
 UPLOAD_SUFFIXES = documents.SUFFIXES
 MAX_NAME_CHARS = 120
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+# A figure in a sentence: "3.89", "3,000", "2024" (see Assistant._answered_before).
+_FIGURE = re.compile(r"\d[\d,.]*|\b(?:one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|twenty|thirty|"
+                     r"forty|fifty|hundreds?|thousands?|millions?|billions?|dozens?)\b", re.IGNORECASE)
 # A lone surrogate (a JSON "\\ud800" escape, say): it cannot be encoded as UTF-8.
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -362,14 +365,14 @@ class Assistant:
         asked = conversation.resolve(question, history)
         texts = list(dict.fromkeys(t for t in (asked.text, asked.answer_text, asked.context) if t))
         vectors = dict(zip(texts, self.embedder.embed(texts)))
-        search = vectors[asked.text]
+        search = vectors[asked.answer_text]
         if asked.context:
             search = search + settings.context_weight * vectors[asked.context]
             search = search / max(float(np.linalg.norm(search)), 1e-9)  # vectors are normalised: cosine stays inner product
         retriever = snapshot.retriever
         query = vectors[asked.answer_text]  # the answer step's vector and terms
         terms = retriever.lexicon.terms(asked.answer_text)
-        search_terms = terms if asked.answer_text == asked.text else retriever.lexicon.terms(asked.text)
+        search_terms = terms
         context_terms = retriever.lexicon.terms(asked.context) if asked.context else None
         allowed = None
         if not filters.empty:
@@ -378,6 +381,22 @@ class Assistant:
                                   dense_weight=settings.dense_weight, terms=search_terms, allowed=allowed,
                                   context_terms=context_terms, context_weight=settings.context_weight)
         return asked, query, terms, ranked
+
+    def _answered_before(self, asked: Query, top_k: int, mode: Mode, history: Sequence[str],
+                         filters: Filters) -> frozenset[tuple[str, int, int]]:
+        """The sentence that answered the last earlier question, when it holds a single figure and the follow-up
+        asks for a figure too: "How big is its Shenzhen part?" after the total area wants another figure, not
+        the one already given. A sentence with several figures ("3,000 researchers ... 10 R&D platforms") may
+        answer both, so it stays. Empty otherwise. The earlier answer is usually in the cache."""
+        if not asked.followup or not history:
+            return frozenset()
+        if answering.answer_kind(asked.answer_text) != "number" or answering.answer_kind(asked.context) != "number":
+            return frozenset()
+        earlier = self.ask(history[-1], top_k, mode, history=history[:-1], filters=None if filters.empty else filters)
+        found = earlier.answer
+        if found is None or len(_FIGURE.findall(found.text)) != 1:
+            return frozenset()
+        return frozenset({(earlier.passages[found.passage].doc_id, found.start, found.end)})
 
     def _cached(self, key: _Key, question: str, started: float) -> Result | None:
         with self._cache_lock:
@@ -394,7 +413,8 @@ class Assistant:
         asked, query, terms, ranked = self._search(snapshot, question, mode, history, filters)
         hits = tidy(ranked, top_k, settings.max_per_doc)
         found = answering.choose(query, terms, hits, snapshot.data, snapshot.retriever,
-                                 settings.answer_threshold, question=asked.answer_text)
+                                 settings.answer_threshold, question=asked.answer_text,
+                                 exclude=self._answered_before(asked, top_k, mode, history, filters))
         passages = [self._passage(snapshot, rank, hit) for rank, hit in enumerate(hits, start=1)]
         return Result(question, found, passages, (time.perf_counter() - started) * 1000, snapshot.version, mode,
                       asked.text, asked.followup, None if filters.empty else filters)

@@ -55,14 +55,15 @@ _QUESTION_WORD_NAMES = frozenset({"What", "Which", "Who", "Whom", "Whose", "When
 
 @dataclass(frozen=True)
 class Query:
-    """A question as it is searched: `text` is searched and answered; `context`, from the conversation,
-    joins retrieval at a lower weight ("" when the question stands on its own)."""
+    """A question as it is understood: `text` is shown to the reader, `answer_text` searched and answered;
+    `context`, from the conversation, joins retrieval at a lower weight ("" when the question stands on its own)."""
 
     question: str  # as the user typed it
     text: str  # with keywords made a question and pronouns resolved
     context: str = ""
-    # What the answer step reads: like `text`, but a possessive ("its Shenzhen part") is left out, since the
-    # question asks about the thing it qualifies, and the named entity would favour sentences about the whole.
+    # What is searched and answered: like `text`, but a possessive ("its Shenzhen part") is left out, since
+    # the question asks about the thing it qualifies; its entity still joins retrieval through `context`,
+    # and at full weight it would favour passages and sentences about the whole (tried on the training pairs).
     answer_text: str = ""
 
     @property

@@ -19,6 +19,8 @@ from qa.api import create_app
 from qa.assistant import Assistant, Upload
 from qa.errors import DocumentError, QuestionError
 
+from .conftest import SEEDS
+
 REPO = Path(__file__).resolve().parent.parent
 HETAO = "What is the total area of the Hetao cooperation zone?"
 
@@ -310,3 +312,20 @@ def test_setup_skips_pip_when_nothing_changed(tmp_path: Path) -> None:
     assert log.read_text().count("install -e") == calls.count("install -e")  # no pip install the second time
     (project / "pyproject.toml").write_text((project / "pyproject.toml").read_text() + "\n# changed\n")
     assert "installing qa" in setup()
+
+
+# --- 6. the follow-up, with the real model ------------------------------------------------
+
+@pytest.mark.model
+def test_the_shenzhen_part_follow_up_gets_its_own_figure(tmp_path: Path) -> None:
+    from qa.config import resolve
+
+    real = Assistant(resolve({"docs_dir": SEEDS, "index_dir": tmp_path / "index"}, env={}))
+    real.build()
+    total = real.ask(HETAO)
+    assert total.answer is not None and "3.89" in total.answer.text
+    part = real.ask("How big is its Shenzhen part?", history=[HETAO])
+    assert part.followup
+    assert part.answer is not None and "3.02" in part.answer.text, part.answer
+    # Asked alone, the same words have no subject to lean on.
+    assert not real.ask("How big is its Shenzhen part?").followup
