@@ -75,13 +75,16 @@ def main() -> int:
         server = subprocess.Popen([sys.executable, "-m", "qa.cli", "serve"], env=env, stdout=log,
                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         url = f"http://127.0.0.1:{port}"
+        status = 1
         try:
-            return run(server, url, args)
+            status = run(server, url, args)
+            return status
         finally:
             server.terminate()
             server.wait(timeout=60)
             log.close()
-            print((root / "server.log").read_text(errors="replace")[-1500:] if server.returncode else "", end="")
+            if status:
+                print((root / "server.log").read_text(errors="replace")[-1500:], end="")
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -243,7 +243,7 @@ def test_shutdown_cancels_the_running_update_and_keeps_the_previous_version(assi
     slow.load()
     app = create_app(slow)
     with TestClient(app, base_url=BASE_URL) as client:
-        # About 40 slices of passages and sentences: some 20 s of embedding if nothing stopped it.
+        # 27 slices of passages and sentences: some 13 s of embedding if nothing stopped it.
         text = article_text(200_000, 8).encode()
         response = client.post("/documents", files=[("files", ("long.txt", text, "text/plain"))])
         assert response.status_code == 202
