@@ -201,7 +201,8 @@ class Assistant:
         stem, dot, suffix = base.rpartition(".")
         suffix = (dot + suffix).lower()
         if not dot or suffix not in UPLOAD_SUFFIXES:
-            raise DocumentError(f"{upload.name!r}: only {' and '.join(UPLOAD_SUFFIXES)} articles can be added")
+            raise DocumentError(f"{upload.name!r}: only {', '.join(UPLOAD_SUFFIXES[:-1])} and {UPLOAD_SUFFIXES[-1]} "
+                                "articles can be added")
         stem = _SAFE_NAME.sub("_", stem).strip("._-")
         if not stem:
             raise DocumentError(f"{upload.name!r} is not a usable file name")

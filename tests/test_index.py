@@ -176,8 +176,9 @@ def folder_state(*folders: Path) -> dict[str, bytes]:
 @pytest.mark.parametrize(
     ("name", "data", "message"),
     [
-        ("../../etc/passwd", b"root:x:0:0", "only .txt and .md"),
-        ("notes.pdf", b"%PDF-1.4", "only .txt and .md"),
+        ("../../etc/passwd", b"root:x:0:0", "only .txt, .md, .html, .htm and .pdf"),
+        ("notes.docx", b"PK\x03\x04", "only .txt, .md, .html, .htm and .pdf"),
+        ("notes.pdf", b"%PDF-1.4", "not a readable PDF"),
         ("empty.txt", b"", "empty"),
         ("binary.txt", b"\x00\x01\x02", "binary"),
         ("latin.txt", b"caf\xe9", "not UTF-8"),
