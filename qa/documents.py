@@ -414,23 +414,26 @@ def _pdf_to_text(data: bytes, name: str) -> str:
     except PdfReadError as exc:
         raise DocumentError(f"{name} is not a readable PDF ({exc})") from None
     paragraphs: list[str] = []
-    current = ""
+    # The paragraph's pieces, joined once at its end: adding each line to one growing string copied
+    # the paragraph at every line, in time quadratic in its length.
+    current: list[str] = []
     for line in "\n".join(pages).splitlines():
         line = line.strip()
         if not line:
             if current:
-                paragraphs.append(current)
-            current = ""
+                paragraphs.append("".join(current))
+            current = []
             continue
-        if current.endswith("-") and line[:1].islower():  # a word hyphenated at the line's end
-            current = current[:-1] + line
-        else:
-            current = f"{current} {line}" if current else line
+        if current and current[-1].endswith("-") and line[:1].islower():  # a word hyphenated at the line's end
+            current[-1] = current[-1][:-1]
+        elif current:
+            current.append(" ")
+        current.append(line)
         if _PDF_LINE_END.search(line) or len(line) < 40:
-            paragraphs.append(current)
-            current = ""
+            paragraphs.append("".join(current))
+            current = []
     if current:
-        paragraphs.append(current)
+        paragraphs.append("".join(current))
     if not paragraphs:
         raise DocumentError(f"{name} has no text layer (a scanned PDF?); only PDFs with text can be added")
     return "\n".join(paragraphs)

@@ -259,6 +259,35 @@ def test_a_broken_page_is_a_clear_error_not_a_crash(page: str) -> None:
         documents.parse(page.encode(), "page", ".html")
 
 
+def test_a_pdf_paragraph_of_many_lines_takes_linear_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Wrapped lines were added to one growing string: 80,000 lines of one paragraph took 11 s."""
+    import pypdf
+
+    def reader_of(text: str) -> type:
+        class Page:
+            def extract_text(self) -> str:
+                return text
+
+        class Reader:
+            is_encrypted = False
+            pages = [Page()]
+
+            def __init__(self, data: Any) -> None:
+                pass
+
+        return Reader
+
+    wrapped = "\n".join(["y" * 50] * 40_000)  # no line ends a sentence: one paragraph
+    plain = "\n".join(["A line of fifty characters that ends a sentence."] * 40_000)  # a paragraph each
+
+    def seconds(text: str) -> float:
+        monkeypatch.setattr(pypdf, "PdfReader", reader_of(text))
+        return _best_of(lambda: documents._pdf_to_text(b"%PDF-1.4", "a.pdf"))
+
+    ratio = seconds(wrapped) / max(seconds(plain), 1e-4)
+    assert ratio < MAX_RATIO, f"one paragraph of 40,000 lines took {ratio:.0f} times as long as 40,000 paragraphs"
+
+
 def test_a_runaway_parse_is_stopped_with_a_clear_error() -> None:
     text = (PLAIN * 40).encode()
     with pytest.raises(DocumentError, match="took over 0 s to read and was stopped"):
