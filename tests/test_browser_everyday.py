@@ -148,6 +148,10 @@ def test_no_scores_and_deliberate_titles_and_meta(page: Page) -> None:
     expect(untitled.locator(".untitled-tag")).to_have_text("No headline")
     unstated = page.locator(f'[data-testid=doc-item][data-doc-id="{SCMP_DOC}"]')
     expect(unstated.locator(".doc-meta")).to_contain_text("source and date not stated")
+    untitled.click()
+    expect(page.get_by_test_id("panel-title").locator(".untitled-tag")).to_have_text("No headline")
+    unstated.click()
+    expect(page.get_by_test_id("panel-meta")).to_contain_text("source and date not stated")
 
 
 # --- 5. removing an article -----------------------------------------------------------------------

@@ -527,7 +527,8 @@
     }
     if (request !== panelRequest) return;
 
-    ui.panelTitle.textContent = doc.title || doc.doc_id;
+    clear(ui.panelTitle);
+    ui.panelTitle.appendChild(titleNode(doc));
     ui.panelTitle.title = doc.title || doc.doc_id;
     const href = safeHttpUrl(doc.url);
     let urlPart = null;
