@@ -51,6 +51,7 @@ _HAS_DATE = re.compile(
     r"\b(?:BC|AD|BCE|CE)\b|\b(?:last|next|this) (?:week|month|year)\b",
     re.IGNORECASE,
 )
+_NOT_QUANTITY = re.compile(r"\b(?:1[89]|20)\d{2}s?\b|\b\d+(?:st|nd|rd|th)\b", re.IGNORECASE)
 _CAPITALISED = re.compile(r"\b[A-Z][\w'’.-]*")
 _ASKS_NUMBER = re.compile(
     r"\bhow (?:many|much|large|big|long|old|far|tall|high|heavy|often|fast|wide|deep)\b|"
@@ -93,7 +94,8 @@ def answer_kind(question: str) -> str | None:
 def holds_kind(kind: str | None, sentence: str, question: str) -> bool | None:
     """Whether a sentence holds the kind of answer asked for (None when the question sets none)."""
     if kind == "number":
-        return bool(_HAS_NUMBER.search(sentence))
+        # A year or an ordinal ("in 2020", "the 40th anniversary") is not the quantity asked for.
+        return bool(_HAS_NUMBER.search(_NOT_QUANTITY.sub(" ", sentence)))
     if kind == "date":
         return bool(_HAS_DATE.search(sentence))
     if kind == "name":

@@ -329,3 +329,15 @@ def test_the_shenzhen_part_follow_up_gets_its_own_figure(tmp_path: Path) -> None
     assert part.answer is not None and "3.02" in part.answer.text, part.answer
     # Asked alone, the same words have no subject to lean on.
     assert not real.ask("How big is its Shenzhen part?").followup
+
+
+@pytest.mark.model
+def test_the_area_of_hetao_keyword_query_finds_the_area(tmp_path: Path) -> None:
+    from qa.config import resolve
+
+    real = Assistant(resolve({"docs_dir": SEEDS, "index_dir": tmp_path / "index"}, env={}))
+    real.build()
+    found = real.ask("area of Hetao")
+    assert found.resolved == "What is the area of Hetao?"
+    # Not the sentence about Xi in 2020 "in the Hetao area": a year is not an area.
+    assert found.answer is not None and "3.89" in found.answer.text, found.answer
