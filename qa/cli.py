@@ -29,6 +29,9 @@ def make_parser() -> argparse.ArgumentParser:
     index = commands.add_parser("index", help="build or update the index from the articles folder")
     _common(index)
     index.add_argument("--full", action="store_true", help="re-embed every article instead of only changed ones")
+    index.add_argument("--ray", dest="ray_address", metavar="ADDRESS",
+                       help="clean, chunk and embed the changed articles on this Ray cluster, 'auto' for the one "
+                            "running here (QA_RAY_ADDRESS; needs the ray extra: pip install 'qa[ray]')")
 
     add = commands.add_parser("add", help="copy articles into the articles folder and index just them")
     _common(add)
@@ -70,7 +73,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    flags = {key: getattr(args, key, None) for key in ("docs_dir", "index_dir", "model", "backend", "top_k", "host", "port", "workers")}
+    flags = {key: getattr(args, key, None) for key in ("docs_dir", "index_dir", "model", "backend", "top_k", "host", "port", "workers", "ray_address")}
     return resolve(flags)
 
 
@@ -139,6 +142,11 @@ def _main(argv: Sequence[str] | None = None) -> int:
             from .api import serve
 
             serve(settings)
+            return 0
+        if args.command == "index" and settings.ray_address:
+            from .ray_build import build as build_on_ray
+
+            print(_report(build_on_ray(settings, full=args.full, log=_log)))
             return 0
         from .assistant import Assistant
 

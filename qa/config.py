@@ -54,6 +54,8 @@ class Settings:
     port: int = 8000
     # `qa serve` processes sharing one listening socket and one index folder (see qa/workers.py).
     workers: int = 1
+    # `qa index` on a Ray cluster (see qa/ray_build.py): its address, "auto" for the one running here.
+    ray_address: str | None = None
 
 
 # Environment variable for each field: QA_ + upper-case field name.

@@ -292,8 +292,12 @@ def _in_context(docs: list[Document], split: list[tuple[list[Chunk], list[tuple[
 def build(settings: Settings, embedder: Embedder, *, full: bool = False, progress: bool = False,
           log: Log = lambda message: None, current: IndexData | None = None, locked: bool = False,
           lock_wait: float = 0.0, cancel: threading.Event | None = None,
-          parsed: Mapping[str, Document] | None = None) -> BuildReport:
+          parsed: Mapping[str, Document] | None = None,
+          embed: Callable[..., list[_Part]] | None = None) -> BuildReport:
     """Bring the index in line with the articles folder; only changed articles are embedded.
+
+    `embed` turns the new or changed articles into parts, called as embed_documents is (the default);
+    qa/ray_build.py passes one that hands back the parts a Ray cluster made with embed_documents.
 
     `parsed` holds articles the caller has parsed already (an upload, checked before it was written),
     by id: one is used when its content hash is still the file's, so it is not parsed again.
@@ -358,7 +362,7 @@ def build(settings: Settings, embedder: Embedder, *, full: bool = False, progres
                                time.perf_counter() - started, full)
         if changed:
             log(f"embedding {len(changed)} article(s)")
-        parts = kept + embed_documents(changed, settings, embedder, progress, lexicon, cancel)
+        parts = kept + (embed or embed_documents)(changed, settings, embedder, progress, lexicon, cancel)
         check_cancel(cancel)
         terms = merged_terms(parts)
         fields = {"model": model_tag(settings), "chunking": chunking_settings(settings)}
