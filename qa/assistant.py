@@ -24,6 +24,8 @@ from .errors import DocumentError, DocumentNotFound, IndexIncompatible, IndexMis
 from .filters import Filters
 from .indexing import BuildReport
 from .lexical import Lexicon
+from .reader import Reader
+from .reader import resolve_folder as reader_folder
 from .retrieval import MODES, Hit, Mode, Retriever, tidy
 from .store import IndexData
 
@@ -101,6 +103,8 @@ class Assistant:
     def __init__(self, settings: Settings, embedder: Embedder | None = None) -> None:
         self.settings = settings
         self.embedder = embedder or create(settings.model, settings.batch_size, settings.backend, settings.cache_dir)
+        self._reader_folder = reader_folder(settings.reader)  # checked now: a missing model is a start-up error
+        self._reader: Reader | None = None
         self._snapshot: Snapshot | None = None
         self._lexicon: Lexicon | None = None
         self._build_lock = threading.Lock()
@@ -288,6 +292,12 @@ class Assistant:
             raise IndexMissing(f"no index is loaded; run `qa index` to build one in {self.settings.index_dir}")
         return snapshot
 
+    def reader(self) -> Reader | None:
+        """The reader model, loaded on first use; None when the settings turn it off."""
+        if self._reader is None and self._reader_folder is not None:
+            self._reader = Reader(self._reader_folder)
+        return self._reader
+
     def check_question(self, question: str, top_k: int) -> str:
         text = question.strip() if isinstance(question, str) else ""
         if not text:
@@ -413,9 +423,15 @@ class Assistant:
         settings = self.settings
         asked, query, terms, ranked = self._search(snapshot, question, mode, history, filters)
         hits = tidy(ranked, top_k, settings.max_per_doc)
-        found = answering.choose(query, terms, hits, snapshot.data, snapshot.retriever,
-                                 settings.answer_threshold, question=asked.answer_text,
-                                 exclude=self._answered_before(asked, top_k, mode, history, filters))
+        reader = self.reader()
+        if reader is None:
+            found = answering.choose(query, terms, hits, snapshot.data, snapshot.retriever,
+                                     settings.answer_threshold, question=asked.answer_text,
+                                     exclude=self._answered_before(asked, top_k, mode, history, filters))
+        else:
+            readings = answering.read(query, terms, hits, snapshot.data, snapshot.retriever, reader, asked.answer_text)
+            hits, moved = answering.reorder(hits, readings)
+            found = answering.choose_read(readings, snapshot.data, moved, settings.reader_threshold)
         passages = [self._passage(snapshot, rank, hit) for rank, hit in enumerate(hits, start=1)]
         return Result(question, found, passages, (time.perf_counter() - started) * 1000, snapshot.version, mode,
                       asked.text, asked.followup, None if filters.empty else filters)

@@ -69,6 +69,9 @@ def make_parser() -> argparse.ArgumentParser:
     # These two take their own flags; see `qa eval --help` and `qa bench --help`.
     commands.add_parser("eval", help="measure retrieval and answer quality on the benchmarks", add_help=False)
     commands.add_parser("bench", help="measure speed and memory", add_help=False)
+    commands.add_parser("train-reader", help="fine-tune, export and describe the reader model", add_help=False)
+    commands.add_parser("tune-reader", help="fit the reader's threshold and shortlist on held-out training articles",
+                        add_help=False)
     return parser
 
 
@@ -130,6 +133,14 @@ def _main(argv: Sequence[str] | None = None) -> int:
         from .benchmark import main as benchmark
 
         return benchmark(argv[1:])
+    if argv[:1] == ["train-reader"]:
+        from .training.cli import main as train_reader
+
+        return train_reader(argv[1:])
+    if argv[:1] == ["tune-reader"]:
+        from .training.tune import main as tune_reader
+
+        return tune_reader(argv[1:])
     args = make_parser().parse_args(argv)
     try:
         settings = _settings(args)

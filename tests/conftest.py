@@ -40,7 +40,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 def make_settings(docs: Path, index: Path, **overrides: object) -> Settings:
     """Settings for a test: never read from the caller's QA_* environment."""
-    flags = {"docs_dir": docs, "index_dir": index, "model": "fake-256", **overrides}
+    # The fast tests check the sentence scorer's answers exactly; the reader has tests of its own.
+    flags = {"docs_dir": docs, "index_dir": index, "model": "fake-256", "reader": "off", **overrides}
     return resolve(flags, env={})
 
 

@@ -8,6 +8,7 @@ import json
 import shutil
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,10 @@ def export(run: Path, target: Path, quantize: bool = True) -> Path:
         dummy = (torch.ones(2, 16, dtype=torch.long), torch.ones(2, 16, dtype=torch.long),
                  torch.zeros(2, 16, dtype=torch.long))
         options: dict[str, Any] = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
-        with torch.no_grad():
+        # The TorchScript exporter is deprecated in favour of torch.export, which does not yet take this model's
+        # dynamic axes as plainly; its warning says nothing about the file it writes.
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             torch.onnx.export(model, dummy, str(work / "raw.onnx"), input_names=names,
                               output_names=["logit", "start", "end"], dynamic_axes=axes, opset_version=17, **options)
         from onnxruntime.transformers.optimizer import optimize_model
@@ -54,10 +58,12 @@ def export(run: Path, target: Path, quantize: bool = True) -> Path:
                                hidden_size=config.hidden_size, opt_level=1)
         fused.save_model_to_file(str(work / "fused.onnx"))
         if quantize:
+            import onnx
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
+            # The fused graph's shape inference leaves some MatMul outputs untyped; they are float32.
             quantize_dynamic(str(work / "fused.onnx"), str(out / "model.onnx"), weight_type=QuantType.QInt8,
-                             per_channel=True)
+                             per_channel=True, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
         else:
             shutil.move(str(work / "fused.onnx"), out / "model.onnx")
         shutil.copy(run / "tokenizer" / "tokenizer.json", out / "tokenizer.json")

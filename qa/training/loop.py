@@ -136,8 +136,12 @@ def _save(path: Path, state: dict[str, Any]) -> None:
 
 
 def train(settings: TrainSettings, *, progress: bool = True, log: Callable[[str], None] = print,
-          max_steps: int | None = None) -> Path:
-    """Fit the reader; returns the folder holding `reader.pt`. Picks up from `checkpoint.pt` when present."""
+          max_steps: int | None = None, stop_after: int | None = None) -> Path:
+    """Fit the reader; returns the folder holding `reader.pt`. Picks up from `checkpoint.pt` when present.
+
+    `max_steps` shortens the plan (smoke runs); `stop_after` leaves the loop after that step as if the run had
+    been killed there (the tests' way to check that resuming gives the same weights).
+    """
     import torch
     from tqdm import tqdm
     from transformers import AutoTokenizer
@@ -176,7 +180,8 @@ def train(settings: TrainSettings, *, progress: bool = True, log: Callable[[str]
     checkpoint = out / "checkpoint.pt"
     if checkpoint.exists():
         state = torch.load(checkpoint, weights_only=False)
-        if state["settings"] != asdict(settings):
+        # The thread count may change between runs (a busier machine); everything else must match.
+        if {**state["settings"], "threads": 0} != {**asdict(settings), "threads": 0}:
             raise SystemExit(f"error: {checkpoint} was made with other settings; remove it or use another --out")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -216,6 +221,10 @@ def train(settings: TrainSettings, *, progress: bool = True, log: Callable[[str]
                                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                                "torch_rng": torch.get_rng_state(), "step": step,
                                "elapsed": elapsed + time.time() - loop_started})
+        if stop_after is not None and step >= stop_after:
+            bar.close()
+            history.close()
+            return out
     bar.close()
     history.close()
     model.eval()

@@ -1,0 +1,197 @@
+"""The reader: training on a tiny fixture (steps, determinism, resume, export) and its use in the answer step."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pytest
+
+from qa import answer as answering
+from qa.errors import ConfigError
+from qa.reader import Reading, resolve_folder
+from qa.training.card import auc, span_em, span_f1
+from qa.training.data import Builder, answer_sentence, load
+
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "squad-tiny"
+
+
+# --- data -----------------------------------------------------------------------------------------
+
+
+def test_pairs_hold_a_positive_with_its_span_and_negatives_without_the_answer() -> None:
+    paragraphs, questions = load(FIXTURE)
+    builder = Builder(paragraphs, seed=1)
+    for question in questions:
+        pairs = builder.pairs(question, synthetic=1.0)
+        positive = pairs[0]
+        assert positive.label == 1 and positive.kind == "positive"
+        start, end = positive.span
+        assert positive.sentence[start:end] == question.answer
+        for pair in pairs[1:]:
+            assert pair.label == 0 and pair.span is None
+            if pair.kind in ("paragraph", "article", "lexical"):
+                assert question.answer not in pair.sentence
+            else:  # synthetic: the question changed, the gold sentence kept
+                assert pair.question != question.text and pair.sentence == positive.sentence
+
+
+def test_synthetic_unanswerable_swaps_a_name_for_one_of_the_same_article_not_in_the_sentence() -> None:
+    paragraphs, _ = load(FIXTURE)
+    builder = Builder(paragraphs, seed=0)
+    gold = "It was designed by the engineer Mara Lind."
+    made = builder.unanswerable("Who designed the seawall that Mara Lind built?", gold, "002")
+    assert made is not None
+    changed, kind = made
+    assert changed != "Who designed the seawall that Mara Lind built?"
+    if kind == "entity":
+        assert "Mara Lind" not in changed
+
+
+def test_answer_sentence_finds_the_span_and_refuses_answers_across_sentences() -> None:
+    paragraphs, _ = load(FIXTURE)
+    paragraph = paragraphs["000_000"]
+    number, (start, end) = answer_sentence(paragraph, "503 metres")
+    s, _ = paragraph.sentences[number]
+    assert paragraph.text[s + start:s + end] == "503 metres"
+    assert answer_sentence(paragraph, "work. It carries") is None
+
+
+def test_span_metrics_follow_squad_normalisation() -> None:
+    assert span_em("The Harbour Bridge.", "harbour bridge") == 1.0
+    assert span_f1("in 1932", "1932") == pytest.approx(2 / 3)
+    assert auc([3.0, 2.0], [1.0, 0.0]) == 1.0 and auc([1.0], [1.0]) == 0.5
+
+
+# --- settings -------------------------------------------------------------------------------------
+
+
+def test_reader_setting_off_default_and_a_missing_folder(tmp_path: Path) -> None:
+    assert resolve_folder("off") is None and resolve_folder("OFF") is None
+    with pytest.raises(ConfigError, match="no reader model"):
+        resolve_folder(str(tmp_path))
+
+
+# --- the answer step with a reader whose scores are computable by hand ----------------------------
+
+
+@dataclass
+class CountingReader:
+    """Logit = how many times the sentence holds `word`; the span is the word's first occurrence."""
+
+    word: str
+
+    def read(self, question: str, sentences: Sequence[str]) -> list[Reading]:
+        out = []
+        for text in sentences:
+            at = text.find(self.word)
+            out.append(Reading(float(text.count(self.word)), max(at, 0), max(at, 0) + len(self.word) if at >= 0 else 0))
+        return out
+
+
+def test_reading_reorders_passages_and_gives_the_span_in_article_offsets(settings) -> None:
+    from qa.assistant import Assistant
+    from qa.retrieval import tidy
+
+    assistant = Assistant(settings)
+    assistant.build()
+    snapshot = assistant.snapshot()
+    question = "What is the total area of the Hetao cooperation zone?"
+    _, query, terms, ranked = assistant._search(snapshot, question, "hybrid", (), answering_filters())
+    hits = tidy(ranked, 5, 3)
+    # The word the reader looks for: one that occurs in a shortlisted sentence of a passage other than the first.
+    shortlist = answering.score_sentences(query, terms, hits, snapshot.data, snapshot.retriever, passages=5,
+                                          question=question)[:answering.READ_SENTENCES]
+    later = next(s for s in shortlist if s.passage > 0)
+    doc_id, start, end = snapshot.data.sentences[later.row]
+    text = snapshot.data.documents[doc_id].text[start:end]
+    word = max(text.split(), key=len)
+    readings = answering.read(query, terms, hits, snapshot.data, snapshot.retriever, CountingReader(word), question)
+    assert readings[0].logit >= 1
+    reordered, moved = answering.reorder(hits, readings)
+    assert reordered[0] is hits[readings[0].passage]
+    found = answering.choose_read(readings, snapshot.data, moved, threshold=0.5)
+    assert found is not None and found.passage == 0
+    article = snapshot.data.documents[snapshot.data.sentences[readings[0].row][0]].text
+    assert article[found.span[0]:found.span[1]] == word
+    assert found.start <= found.span[0] < found.span[1] <= found.end
+    # A threshold above every logit: the articles are taken not to answer.
+    assert answering.choose_read(readings, snapshot.data, moved, threshold=100.0) is None
+
+
+def answering_filters():
+    from qa.filters import Filters
+
+    return Filters()
+
+
+# --- training on the tiny fixture (real packaged MiniLM) -----------------------------------------
+
+
+def _settings(out: Path, **changes):
+    from qa.training.loop import TrainSettings
+
+    base = dict(data=str(FIXTURE), out=str(out), questions=10, held_out_articles=1, max_length=48, batch_size=4,
+                checkpoint_every=2, synthetic=1.0)
+    return TrainSettings(**{**base, **changes})
+
+
+def _weights(folder: Path) -> dict:
+    import torch
+
+    return torch.load(folder / "reader.pt", weights_only=True)
+
+
+@pytest.mark.model
+def test_training_runs_is_deterministic_and_resumes_to_the_same_weights(tmp_path: Path) -> None:
+    import torch
+
+    from qa.training.loop import train
+
+    quiet = lambda message: None  # noqa: E731
+    straight = train(_settings(tmp_path / "a"), progress=False, log=quiet, max_steps=4)
+    again = train(_settings(tmp_path / "b"), progress=False, log=quiet, max_steps=4)
+    interrupted = _settings(tmp_path / "c")
+    train(interrupted, progress=False, log=quiet, max_steps=4, stop_after=2)
+    assert not (tmp_path / "c" / "reader.pt").exists() and (tmp_path / "c" / "checkpoint.pt").exists()
+    resumed = train(interrupted, progress=False, log=quiet, max_steps=4)
+    a, b, c = _weights(straight), _weights(again), _weights(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert all(torch.equal(a[k], c[k]) for k in a)
+    base = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)
+    assert base["step"] == 4
+    losses = [line for line in (tmp_path / "a" / "train_log.jsonl").read_text().splitlines() if line]
+    assert len(losses) == 2 and all(np.isfinite(__import__("json").loads(x)["loss"]) for x in losses)
+    with pytest.raises(SystemExit, match="other settings"):
+        train(_settings(tmp_path / "a", learning_rate=1e-3), progress=False, log=quiet, max_steps=4)
+
+
+@pytest.mark.model
+def test_export_gives_the_torch_models_scores(tmp_path: Path) -> None:
+    import torch
+    from transformers import AutoTokenizer
+
+    from qa.reader import Reader
+    from qa.training.export import export
+    from qa.training.loop import train
+    from qa.training.model import ReaderNet
+    from qa.training.loop import encoder_path
+
+    run = train(_settings(tmp_path / "run"), progress=False, log=lambda m: None, max_steps=2)
+    folder = export(run, tmp_path / "fp32", quantize=False)
+    question = "Who designed the seawall?"
+    sentences = ["It was designed by the engineer Mara Lind.", "The wall is 82 kilometres long."]
+    model = ReaderNet.from_encoder(encoder_path(_settings(run)))
+    model.load_state_dict(_weights(run))
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(run / "tokenizer"))
+    batch = tokenizer([question] * 2, sentences, padding=True, return_tensors="pt", return_token_type_ids=True)
+    with torch.no_grad():
+        want = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])[0].numpy()
+    got = Reader(folder).raw(question, sentences)[0]
+    assert np.allclose(got, want, atol=1e-3)
+    int8 = export(run, tmp_path / "int8")
+    assert (int8 / "model.onnx").stat().st_size < 30e6
+    assert np.allclose(Reader(int8).raw(question, sentences)[0], want, atol=0.25)
