@@ -120,7 +120,13 @@ def read(path: str, nprobe: int = NPROBE) -> Any:
     import faiss
 
     index = faiss.read_index(path, faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
-    faiss.extract_index_ivf(index).nprobe = nprobe
+    ivf = faiss.extract_index_ivf(index)
+    ivf.nprobe = nprobe
+    lists = faiss.downcast_InvertedLists(ivf.invlists)
+    if hasattr(lists, "prefetch_nthread"):
+        # The mapped lists start 32 prefetch threads on every search: 1.5 ms a question at 20,000
+        # passages against 0.13 ms without them (measured one question at a time on one thread).
+        lists.prefetch_nthread = 0
     return index
 
 
