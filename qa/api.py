@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
+import re
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -210,10 +212,13 @@ class Jobs:
     their turn: past either, submit raises TooManyUpdates (429 with Retry-After).
     """
 
-    def __init__(self, max_waiting: int = 8, max_waiting_bytes: int = 40_000_000) -> None:
+    def __init__(self, max_waiting: int = 8, max_waiting_bytes: int = 40_000_000, shared: Path | None = None) -> None:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qa-index")
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
+        # A folder where every job's state is also written, for the other `qa serve --workers` processes:
+        # a client's next GET /jobs/{id} may reach another worker than its POST did (see qa/workers.py).
+        self.shared = shared
         self.max_waiting = max_waiting
         self.max_waiting_bytes = max_waiting_bytes
 
@@ -248,11 +253,13 @@ class Jobs:
             for key in finished[:max(0, len(finished) - self.KEEP_FINISHED + 1)]:
                 del self._jobs[key]
             self._jobs[job.job_id] = job
+        self._publish(job)
 
         def run() -> None:
             if job.done.is_set():  # failed at shutdown before it ran
                 return
             job.status = "running"
+            self._publish(job)
             try:
                 report = work()
                 job.index_version = report.version
@@ -263,6 +270,7 @@ class Jobs:
                 log.exception("index update %s failed", job.job_id)
                 job.status, job.message = "failed", "the index update failed; the previous index is still serving"
             finally:
+                self._publish(job)
                 job.done.set()
 
         self._pool.submit(run)
@@ -270,7 +278,23 @@ class Jobs:
 
     def get(self, job_id: str) -> Job | None:
         with self._lock:
-            return self._jobs.get(job_id)
+            job = self._jobs.get(job_id)
+        if job is None and self.shared is not None and re.fullmatch(r"[0-9a-f]{12}", job_id):
+            try:  # another worker's job
+                record = json.loads((self.shared / f"{job_id}.json").read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                return None
+            return Job(record["job_id"], record["kind"], record["documents"], record["status"], record["message"],
+                       record["index_version"])
+        return job
+
+    def _publish(self, job: Job) -> None:
+        """Write the job's state where the other workers read it (a no-op for a single server process)."""
+        if self.shared is None:
+            return
+        temp = self.shared / f".{job.job_id}.{os.getpid()}"
+        temp.write_text(json.dumps(job.json()), encoding="utf-8")
+        os.replace(temp, self.shared / f"{job.job_id}.json")
 
     @property
     def busy(self) -> bool:
@@ -365,14 +389,16 @@ class SecurityHeaders:
         await self.app(scope, receive, with_headers)
 
 
-def create_app(assistant: Assistant, web_dir: Path = WEB_DIR, *, watch: bool = False) -> Any:
+def create_app(assistant: Assistant, web_dir: Path = WEB_DIR, *, watch: bool = False,
+               shared_jobs: Path | None = None) -> Any:
     """An app serving one assistant; the caller decides when the index is built or loaded.
 
     `watch`: at start, bring the index in line with the articles folder, then follow articles added to
-    or deleted from the folder while serving (see qa/watch.py).
+    or deleted from the folder while serving (see qa/watch.py). `shared_jobs`: the folder where the
+    workers of one `qa serve --workers` publish their jobs to each other (see Jobs).
     """
     settings: Settings = assistant.settings
-    jobs = Jobs()
+    jobs = Jobs(shared=shared_jobs)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:

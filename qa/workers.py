@@ -13,9 +13,9 @@ all its files are written (see store.write), so no worker ever serves a half-bui
 Each worker has its own answer cache and its own queue of index jobs; a POST /documents goes to one
 worker, which builds the new version, and the others pick it up from CURRENT (builds in different
 processes take the index folder's build lock in turn). The first worker alone watches the articles
-folder, so a file dropped there is indexed once. A job is known to the worker that took it: a client
-following GET /jobs/{id} should keep its connection (browsers and HTTP clients do), since a new one may
-reach another worker.
+folder, so a file dropped there is indexed once. Every worker writes its jobs' states into one
+temporary folder and reads the others' from it, so GET /jobs/{id} answers on whichever worker a
+client's connection reaches.
 """
 
 from __future__ import annotations
@@ -23,10 +23,13 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
+import tempfile
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from .config import Settings
@@ -106,7 +109,7 @@ def _prepare(settings: Settings, errors: Any) -> None:
     errors.send(None)
 
 
-def _worker(settings: Settings, watch: bool) -> None:
+def _worker(settings: Settings, watch: bool, jobs: Path) -> None:
     """Child process: one server answering on its own socket of the shared port, and following CURRENT.
 
     `watch`: this worker also syncs the index with the articles folder when files change there (one
@@ -126,7 +129,7 @@ def _worker(settings: Settings, watch: bool) -> None:
     log.info("worker serving index version %s", assistant.stats()["version"])
     listener = bind(settings.host, settings.port)
     listener.listen(2048)
-    config = uvicorn.Config(create_app(assistant, watch=watch), log_level="info", **server_options())
+    config = uvicorn.Config(create_app(assistant, watch=watch, shared_jobs=jobs), log_level="info", **server_options())
     uvicorn.Server(config).run(sockets=[listener])
 
 
@@ -163,6 +166,7 @@ def serve(settings: Settings) -> None:
         raise IndexError_(problem)
     # Held, never listened on, until the workers stop: the port is checked once, here, and stays ours.
     reservation = bind(settings.host, settings.port)
+    jobs = Path(tempfile.mkdtemp(prefix="qa-jobs-"))  # the workers' shared job states (see api.Jobs)
     stopping = threading.Event()
 
     def stop(signum: int, frame: Any) -> None:
@@ -172,7 +176,7 @@ def serve(settings: Settings) -> None:
     workers: list[tuple[Any, float]] = []
     try:
         for _ in range(settings.workers):
-            workers.append(_start(context, settings, watch=not workers))
+            workers.append(_start(context, settings, not workers, jobs))
         log.info("serving on http://%s:%d with %d worker processes", settings.host, settings.port, settings.workers)
         while not stopping.wait(0.5):
             for number, (process, started) in enumerate(workers):
@@ -182,7 +186,7 @@ def serve(settings: Settings) -> None:
                     raise QAError(f"worker {process.pid} exited with status {process.exitcode} right after "
                                   "starting; see the log above")
                 log.warning("worker %d exited with status %s; starting another", process.pid, process.exitcode)
-                workers[number] = _start(context, settings, watch=number == 0)
+                workers[number] = _start(context, settings, number == 0, jobs)
     finally:
         for process, _ in workers:
             if process.is_alive():
@@ -193,11 +197,12 @@ def serve(settings: Settings) -> None:
                 process.kill()
                 process.join()
         reservation.close()
+        shutil.rmtree(jobs, ignore_errors=True)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
 
-def _start(context: Any, settings: Settings, watch: bool) -> tuple[Any, float]:
-    process = context.Process(target=_worker, args=(settings, watch), name="qa-worker")
+def _start(context: Any, settings: Settings, watch: bool, jobs: Path) -> tuple[Any, float]:
+    process = context.Process(target=_worker, args=(settings, watch, jobs), name="qa-worker")
     process.start()
     return process, time.monotonic()

@@ -98,6 +98,17 @@ def test_two_workers_follow_a_build_made_by_another_process(tmp_path: Path, caps
                 body = client.post("/ask", json={"question": QUESTION, "top_k": 3}).json()
             assert body["index_version"] == new
             assert body["passages"][0]["doc_id"] == "zorblax-festival"
+        # An upload over HTTP: its job is found whichever worker a fresh connection reaches.
+        ferry = "Night ferry resumes\n\nThe overnight ferry to the northern islands sails again on Friday.\n"
+        with httpx.Client(base_url=url, timeout=30) as client:
+            job = client.post("/documents", files={"files": ("ferry.txt", ferry.encode())}).json()
+        states = []
+        while not states or states[-1] not in ("done", "failed"):
+            with httpx.Client(base_url=url, timeout=30) as client:  # a new connection each time
+                response = client.get(f"/jobs/{job['job_id']}")
+            assert response.status_code == 200, response.text
+            states.append(response.json()["status"])
+        assert states[-1] == "done", states
         assert not server_log_problems(log_path), server_log_problems(log_path)
         report(capsys, "workers_follow", {"both_switched_after_s": round(lag, 3), "answers_during_build": len(seen)})
     finally:
