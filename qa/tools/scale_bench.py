@@ -96,12 +96,12 @@ def synthesize(base: IndexData, passages: int, seed: int = SEED) -> IndexData:
     for copy in range(copies):
         articles = len(ids) if copy < copies - 1 else last_articles
         c1, s1 = int(chunk_at[articles]), int(sentence_at[articles])
-        prefix = f"c{copy:04d}-"
-        for doc_id in ids[:articles]:
-            documents[prefix + doc_id] = replace(base.documents[doc_id], doc_id=prefix + doc_id)
-        chunks.extend(replace(chunk, doc_id=prefix + chunk.doc_id) for chunk in base.chunks[:c1])
+        renamed = {doc_id: f"c{copy:04d}-{doc_id}" for doc_id in ids[:articles]}  # one string per article
+        for doc_id, new_id in renamed.items():
+            documents[new_id] = replace(base.documents[doc_id], doc_id=new_id)
+        chunks.extend(replace(chunk, doc_id=renamed[chunk.doc_id]) for chunk in base.chunks[:c1])
         offset = len(sentences)
-        sentences.extend((prefix + doc_id, start, end) for doc_id, start, end in base.sentences[:s1])
+        sentences.extend((renamed[doc_id], start, end) for doc_id, start, end in base.sentences[:s1])
         chunk_sentences.extend((first + offset, last + offset) for first, last in base.chunk_sentences[:c1])
         terms.append(base.terms if articles == len(ids) else base.terms.share((0, articles), (0, c1), (0, s1)))
         if copy == 0:
