@@ -114,7 +114,11 @@ def connect(address: str) -> Any:
     ray = import_ray()
     if not ray.is_initialized():
         os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-        ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+        try:
+            ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise ConfigError(f"cannot join the Ray cluster at {address!r} ({exc}); start one with "
+                              "`ray start --head` or give its address") from None
     return ray
 
 
