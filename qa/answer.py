@@ -250,12 +250,14 @@ def choose(query: np.ndarray, terms: list[str], hits: list[Hit], data: IndexData
 
 # --- reading -----------------------------------------------------------------------------------
 # With the reader on, the sentence scores above only shortlist: the READ_SENTENCES best sentences of the
-# READ_PASSAGES best passages are read against the question, and the reader's logit (plus PRIOR x the
-# shortlist score) decides the answer, the passage order and abstention. The reader costs about 2 ms a
-# sentence on 2 cores, so the shortlist is what bounds the latency. Fitted on held-out SQuAD train articles.
+# READ_PASSAGES best passages are read against the question, and
+#     score = reader logit + PRIOR x shortlist score - PASSAGE x the passage's retrieval rank (from 0)
+# decides the answer, the passage order and abstention. The reader costs about 2-3 ms a sentence on 2 cores,
+# so the shortlist is what bounds the latency. All three fitted on held-out SQuAD train articles (qa tune-reader).
 READ_PASSAGES = 5
-READ_SENTENCES = 10
+READ_SENTENCES = 8
 PRIOR = 0.0
+PASSAGE = 0.0
 
 
 @dataclass(frozen=True)
@@ -267,12 +269,12 @@ class ReadSentence:
     prior: float  # the shortlist score (score_sentences)
     logit: float  # the reader's
     span: tuple[int, int]  # article offsets
-    score: float  # logit + PRIOR * prior: what is compared
+    score: float  # logit + PRIOR * prior - PASSAGE * passage: what is compared
 
 
 def read(query: np.ndarray, terms: list[str], hits: list[Hit], data: IndexData, retriever: Retriever, reader: Any,
          question: str, passages: int = READ_PASSAGES, limit: int = READ_SENTENCES,
-         prior: float = PRIOR) -> list[ReadSentence]:
+         prior: float = PRIOR, passage_weight: float = PASSAGE) -> list[ReadSentence]:
     """Read the shortlisted sentences of the best passages; best first."""
     shortlist = score_sentences(query, terms, hits, data, retriever, passages=passages, question=question)[:limit]
     if not shortlist:
@@ -286,7 +288,8 @@ def read(query: np.ndarray, terms: list[str], hits: list[Hit], data: IndexData, 
     for scored, reading in zip(shortlist, readings):
         start = data.sentences[scored.row][1]
         out.append(ReadSentence(scored.passage, scored.row, scored.score, reading.logit,
-                                (start + reading.start, start + reading.end), reading.logit + prior * scored.score))
+                                (start + reading.start, start + reading.end),
+                                reading.logit + prior * scored.score - passage_weight * scored.passage))
     out.sort(key=lambda r: (-r.score, r.passage, r.row))
     return out
 

@@ -93,12 +93,20 @@ class AskRequest(BaseModel):
         {"question": "Who is the mayor of Shenzhen?", "top_k": 5}]}}
 
 
+class SpanModel(BaseModel):
+    start: int = Field(description="Start offset of the answer words in the article text.")
+    end: int
+    text: str = Field(description="The answer words: the article text from start to end.")
+
+
 class AnswerModel(BaseModel):
     text: str
     passage: int = Field(description="`rank` of the passage holding the sentence (counted from 1).")
     start: int = Field(description="Start offset of the sentence in the article text.")
     end: int
     score: float
+    span: SpanModel | None = Field(None, description="The exact answer words the reader picked inside the sentence "
+                                                     "(null when the reader is off).")
 
 
 class Scores(BaseModel):

@@ -99,7 +99,13 @@ def _print_result(result: Any) -> None:
     if result.resolved and result.resolved != result.question:
         print(f"Searched for: {result.resolved}\n")
     if result.answer is not None:
-        print(f"Answer: {result.answer.text}  [{result.passages[result.answer.passage].rank}]\n")
+        found = result.answer
+        rank = result.passages[found.passage].rank
+        if found.span is not None:
+            words = found.text[found.span[0] - found.start:found.span[1] - found.start]
+            print(f"Answer: {words}  [{rank}]\n    {found.text}\n")
+        else:
+            print(f"Answer: {found.text}  [{rank}]\n")
     else:
         print("Nothing in the articles clearly answers this. Closest passages:\n")
     for p in result.passages:

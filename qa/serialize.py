@@ -26,6 +26,11 @@ def result_json(result: Result) -> dict[str, Any]:
             # Counted from 1, like `rank`: the rank of the passage holding the sentence.
             "text": found.text, "passage": found.passage + 1, "start": found.start, "end": found.end,
             "score": found.score,
+            # The reader's exact answer words inside the sentence (article offsets); null with the reader off.
+            "span": None if found.span is None else {
+                "start": found.span[0], "end": found.span[1],
+                "text": found.text[found.span[0] - found.start:found.span[1] - found.start],
+            },
         },
         "passages": [passage_json(p) for p in result.passages],
         "took_ms": round(result.took_ms, 3),

@@ -94,25 +94,30 @@ def answering_filters() -> Any:
     return Filters()
 
 
-def decide(row: dict[str, Any], prior: float, limit: int) -> tuple[dict[str, Any] | None, float]:
-    """The best candidate among the first `limit` shortlisted, and its score."""
+def decide(row: dict[str, Any], prior: float, limit: int, passage: float = 0.0) -> tuple[dict[str, Any] | None, float]:
+    """The best candidate among the first `limit` shortlisted, and its score (see answer.read)."""
     shortlist = sorted(row["candidates"], key=lambda c: -c["prior"])[:limit]
     if not shortlist:
         return None, -math.inf
-    best = max(shortlist, key=lambda c: c["logit"] + prior * c["prior"])
-    return best, best["logit"] + prior * best["prior"]
+
+    def score(c: dict[str, Any]) -> float:
+        return c["logit"] + prior * c["prior"] - passage * c["passage"]
+
+    best = max(shortlist, key=score)
+    return best, score(best)
 
 
-def fit(rows: list[dict[str, Any]], priors: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0),
-        limits: tuple[int, ...] = (6, 8, 10, 12, 16)) -> list[dict[str, Any]]:
-    """Every (prior, limit) with its best threshold: answerable right, unanswerable abstained, overall."""
+def fit(rows: list[dict[str, Any]], priors: tuple[float, ...] = (0.0, 1.0, 2.0, 3.0, 5.0),
+        limits: tuple[int, ...] = (4, 6, 8, 10, 12, 16),
+        passages: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0)) -> list[dict[str, Any]]:
+    """Every (prior, limit, passage) with its best threshold: answerable right, unanswerable abstained, overall."""
     answerable = [r for r in rows if r["kind"] == "answerable"]
     unanswerable = [r for r in rows if r["kind"] != "answerable"]
     table = []
-    for prior in priors:
-        for limit in limits:
-            pos = [decide(r, prior, limit) for r in answerable]
-            neg = [decide(r, prior, limit)[1] for r in unanswerable]
+    for prior, limit, passage in ((p, n, w) for p in priors for n in limits for w in passages):
+        if True:
+            pos = [decide(r, prior, limit, passage) for r in answerable]
+            neg = [decide(r, prior, limit, passage)[1] for r in unanswerable]
             cuts = sorted({round(s, 2) for _, s in pos if s > -math.inf} | {round(s, 2) for s in neg if s > -math.inf})
             best = None
             for cut in cuts[::max(1, len(cuts) // 400)]:
@@ -121,9 +126,13 @@ def fit(rows: list[dict[str, Any]], priors: tuple[float, ...] = (0.0, 0.5, 1.0, 
                 # SQuAD v2.0 is half unanswerable: weigh the two halves equally.
                 overall = (right + abstained) / 2
                 if best is None or overall > best["overall"]:
-                    best = {"prior": prior, "limit": limit, "threshold": cut, "answerable_right": right,
+                    best = {"prior": prior, "limit": limit, "passage": passage, "threshold": cut, "answerable_right": right,
                             "abstained": abstained, "overall": overall,
-                            "chosen_right": statistics.fmean(bool(c and c["right"]) for c, _ in pos)}
+                            "chosen_right": statistics.fmean(bool(c and c["right"]) for c, _ in pos),
+                            "r1_retrieval": statistics.fmean(bool(r["hits"]) and r["hits"][0] == r["paragraph"]
+                                                             for r in answerable),
+                            "r1_read": statistics.fmean(bool(c) and c["doc"] == r["paragraph"]
+                                                        for r, (c, _) in zip(answerable, pos))}
             if best:
                 table.append(best)
     return sorted(table, key=lambda t: -t["overall"])

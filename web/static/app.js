@@ -197,6 +197,28 @@
    * Paragraphs (split on blank lines) of `cps` into `container`, with `ranges` ({start, end,
    * className, testid}) wrapped in <mark> elements; a later range marks more strongly.
    */
+  /** The answer's exact words (answer.span, article offsets) as a range of `cps`, which starts at article
+   * offset `offset`; null when there is no span or it does not lie inside the sentence's range. */
+  function spanRange(cps, answer, offset, sentence) {
+    const span = answer && answer.span;
+    if (!span) return null;
+    const found = checkedRange(cps, span.start - offset, span.end - offset, span.text);
+    return found && found.start >= sentence.start && found.end <= sentence.end ? found : null;
+  }
+
+  /** The answer sentence as text nodes, its exact answer words in <strong>. */
+  function answerSentence(answer) {
+    const cps = codePoints(answer.text);
+    const words = spanRange(cps, answer, answer.start, { start: 0, end: cps.length });
+    if (!words) return [answer.text];
+    return [
+      cps.slice(0, words.start).join(""),
+      el("strong", { className: "answer-span", text: cps.slice(words.start, words.end).join(""),
+                     attrs: { "data-testid": "answer-span" } }),
+      cps.slice(words.end).join(""),
+    ];
+  }
+
   function renderParagraphs(container, cps, ranges) {
     const paragraphs = [];
     let start = 0;
@@ -557,6 +579,8 @@
       if (found && found.start >= passageRange.start && found.end <= passageRange.end) {
         answerRange = found;
         ranges.push(Object.assign({ className: "hl-answer", testid: "panel-answer" }, found));
+        const words = spanRange(cps, answer, 0, found);
+        if (words) ranges.push(Object.assign({ className: "hl-span", testid: "panel-span" }, words));
       }
     }
 
@@ -618,7 +642,11 @@
     const ranges = [];
     if (isAnswer) {
       const found = checkedRange(cps, answer.start - p.start, answer.end - p.start, answer.text);
-      if (found) ranges.push(Object.assign({ className: "hl-answer", testid: "card-answer" }, found));
+      if (found) {
+        ranges.push(Object.assign({ className: "hl-answer", testid: "card-answer" }, found));
+        const words = spanRange(cps, answer, p.start, found);
+        if (words) ranges.push(Object.assign({ className: "hl-span", testid: "card-span" }, words));
+      }
     }
     const text = el("div", { className: "card-text", attrs: { id: textId, "data-testid": "card-text" } });
     renderParagraphs(text, cps, ranges);
@@ -721,7 +749,7 @@
       reply.appendChild(el("div", { className: "answer", attrs: { "data-testid": "answer" } }, [
         el("p", { className: "reply-label", text: "Answer" }),
         el("p", { className: "answer-text" }, [
-          el("span", { text: answer.text, attrs: { "data-testid": "answer-text" } }),
+          el("span", { attrs: { "data-testid": "answer-text" } }, answerSentence(answer)),
           " ",
           cite,
         ]),
