@@ -184,6 +184,7 @@ class Assistant:
                                 locked=locked, lock_wait=self.lock_wait, cancel=self.cancel, parsed=parsed)
         if report.data is not None:
             self._snapshot = Snapshot(report.data, self._lexicon_once())
+            indexing.release_memory()  # the previous snapshot's, once no question holds it
         elif self._snapshot is None or self._snapshot.version != store.current_version(self.settings.index_dir):
             self.load()  # nothing to build, but another process made a newer version live
         return report

@@ -33,6 +33,17 @@ EMBED_SLICE = 128
 GROUP_CHARS = 1_000_000
 
 
+def release_memory() -> None:
+    """Hand the heap memory a build step freed back to the system: glibc keeps it otherwise, and a large
+    upload's transient texts and arrays would stay in the server's resident size for good."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 def check_cancel(cancel: threading.Event | None) -> None:
     """Raise BuildCancelled if the build was asked to stop (the server is shutting down)."""
     if cancel is not None and cancel.is_set():
@@ -229,6 +240,7 @@ def embed_documents(docs: list[Document], settings: Settings, embedder: Embedder
         if size >= GROUP_CHARS:
             parts += _embed_group(group, settings, embedder, progress, lexicon, cancel)
             group, size = [], 0
+            release_memory()
     return parts + _embed_group(group, settings, embedder, progress, lexicon, cancel)
 
 
@@ -371,6 +383,8 @@ def build(settings: Settings, embedder: Embedder, *, full: bool = False, progres
             # mostly memory, file I/O, hashing and FAISS, which release it: on two cores the two overlap.
             bm25 = pool.submit(lexical.bm25_indexes, terms)
             data = assemble(parts, embedder.dimension, terms, release=True)
+            release_memory()
             data = store.write(index_dir, data, fields, base, bm25, cancel)
+        release_memory()
         return BuildReport(data.version, len(data.documents), len(data.chunks), [d.doc_id for d in changed], removed,
                            skipped, time.perf_counter() - started, full, data)
