@@ -1,6 +1,6 @@
 """Server memory and time while one POST adds large articles.
 
-    python bench/upload_memory.py [--files 20] [--size 990000] [--timeout 3600]
+    python bench/upload_memory.py [--files 20] [--size 990000] [--shared-vocabulary] [--timeout 3600]
 
 Starts `qa serve` (the packaged model, unless QA_MODEL says otherwise) over a copy of the seed
 articles in a temporary folder, samples the server's resident memory every 0.2 s from /proc,
@@ -12,6 +12,7 @@ the passages indexed. Linux only (it reads /proc).
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import random
 import shutil
@@ -28,14 +29,24 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 
 
-def news_like(size: int, seed: int) -> str:
-    """About `size` characters of made-up prose: sentences of 12-30 words, four to six to a paragraph."""
+def news_like(size: int, seed: int, shared: bool = False) -> str:
+    """About `size` characters of made-up prose: sentences of 12-30 words, four to six to a paragraph.
+
+    Each article invents its own 30,000 words (20 articles: some 600,000 distinct terms, far more than
+    real news has), or with `shared` all draw from one list of 50,000 with Zipf-like frequencies.
+    """
     rng = random.Random(seed)
     letters = "etaoinshrdlcumwfgypbvk"
-    words = ["".join(rng.choices(letters, k=rng.randint(2, 9))) for _ in range(30_000)]
+    words_rng = random.Random(0) if shared else rng
+    words = ["".join(words_rng.choices(letters, k=words_rng.randint(2, 9))) for _ in range(50_000 if shared else 30_000)]
+    # Zipf-like: the word of rank r is drawn in proportion to 1 / r.
+    cumulative = list(itertools.accumulate(1 / rank for rank in range(1, len(words) + 1))) if shared else None
+
+    def choose(count: int) -> list[str]:
+        return rng.choices(words, cum_weights=cumulative, k=count)
     paragraphs, length = [f"Report number {seed}"], 0
     while length < size:
-        sentences = [" ".join(rng.choices(words, k=rng.randint(12, 30))).capitalize() + "."
+        sentences = [" ".join(choose(rng.randint(12, 30))).capitalize() + "."
                      for _ in range(rng.randint(4, 6))]
         paragraphs.append(" ".join(sentences))
         length += len(paragraphs[-1]) + 2
@@ -62,6 +73,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--files", type=int, default=20)
     parser.add_argument("--size", type=int, default=990_000, help="characters per article")
+    parser.add_argument("--shared-vocabulary", action="store_true", help="articles share one Zipf-like vocabulary")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for the build")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="qa-upload-memory-"))
@@ -107,7 +119,7 @@ def run(server: subprocess.Popen[bytes], url: str, args: argparse.Namespace) -> 
                 return 1
             time.sleep(0.5)
         before = memory(server.pid)
-        files = [("files", (f"big-{n:02d}.txt", news_like(args.size, n).encode(), "text/plain"))
+        files = [("files", (f"big-{n:02d}.txt", news_like(args.size, n, args.shared_vocabulary).encode(), "text/plain"))
                  for n in range(args.files)]
         samples: list[int] = []
         stop = threading.Event()
@@ -137,7 +149,8 @@ def run(server: subprocess.Popen[bytes], url: str, args: argparse.Namespace) -> 
         sampler.join()
         after = memory(server.pid)
         health = client.get("/health").json()
-    print(f"articles: {args.files} x {args.size:,} characters; job {job['status']}"
+    vocabulary = "one shared vocabulary" if args.shared_vocabulary else "each its own vocabulary"
+    print(f"articles: {args.files} x {args.size:,} characters, {vocabulary}; job {job['status']}"
           f"{': ' + job['message'] if job.get('message') else ''}")
     print(f"202 after {accepted:.2f} s; job ended after {built:.1f} s; index: {health['documents']} articles, "
           f"{health['passages']} passages")
