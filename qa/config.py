@@ -42,10 +42,10 @@ class Settings:
     answer_threshold: float = 1.46
     # The reader (qa/reader.py): "default" is the model that ships in qa/models/reader, "off" answers
     # without it (the sentence scores above decide), anything else is the path of a reader folder.
-    reader: str = "off"
+    reader: str = "default"
     # With the reader on, answers whose reader score is below this are not offered. Fitted on held-out
     # SQuAD train articles (see qa/models/reader/README.md).
-    reader_threshold: float = 0.0
+    reader_threshold: float = 2.9
     batch_size: int | None = None  # texts per forward pass when indexing; None: the backend's own default
     max_question_chars: int = 1000
     max_upload_bytes: int = 1_000_000

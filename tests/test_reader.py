@@ -195,3 +195,28 @@ def test_export_gives_the_torch_models_scores(tmp_path: Path) -> None:
     int8 = export(run, tmp_path / "int8")
     assert (int8 / "model.onnx").stat().st_size < 30e6
     assert np.allclose(Reader(int8).raw(question, sentences)[0], want, atol=0.25)
+
+
+# --- the shipped model ----------------------------------------------------------------------------
+
+FIXED_QUESTION = "What is the total area of the Hetao cooperation zone?"
+FIXED_SENTENCES = [
+    "The Hetao Shenzhen-Hong Kong Science and Technology Innovation Cooperation Zone covers a total area of 3.89 square kilometres.",
+    "The zone was first proposed in 2017 by the two governments.",
+    "Its Shenzhen park covers 3.02 square kilometres.",
+]
+# Recorded from qa/models/reader when it was exported (int8 kernels may round a little differently on other CPUs).
+FIXED_LOGITS = [2.606, -5.449, -2.492]
+FIXED_SPANS = ["3.89 square kilometres", "The zone was first proposed in 2017 by the two governments",
+               "3.02 square kilometres"]
+
+
+def test_shipped_reader_loads_offline_and_scores_a_fixed_batch_as_recorded() -> None:
+    from qa.reader import SHIPPED, Reader
+
+    folder = resolve_folder("default")
+    assert folder == SHIPPED and (folder / "README.md").is_file()
+    assert (folder / "model.onnx").stat().st_size <= 30_000_000
+    readings = Reader(folder).read(FIXED_QUESTION, FIXED_SENTENCES)
+    assert [r.logit for r in readings] == pytest.approx(FIXED_LOGITS, abs=0.05)
+    assert [s[r.start:r.end] for s, r in zip(FIXED_SENTENCES, readings)] == FIXED_SPANS
