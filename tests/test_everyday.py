@@ -265,6 +265,7 @@ def env_cli(monkeypatch: pytest.MonkeyPatch, docs_dir: Path, tmp_path: Path) -> 
     monkeypatch.setenv("QA_DOCS_DIR", str(docs_dir))
     monkeypatch.setenv("QA_INDEX_DIR", str(tmp_path / "index"))
     monkeypatch.setenv("QA_MODEL", "fake-256")
+    monkeypatch.setenv("QA_READER", "off")
     assert cli.main(["index"]) == 0
     return tmp_path
 

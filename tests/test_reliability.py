@@ -76,9 +76,12 @@ def around(settings: Settings) -> tuple[frozenset[Path], frozenset[Path]]:
 
 
 def qa_env(docs: Path, index: Path, **extra: str) -> dict[str, str]:
-    """The caller's environment without any QA_* setting, pointed at private folders and the fake model."""
+    """The caller's environment without any QA_* setting, pointed at private folders and the fake model.
+
+    The reader is off, as in the other fake-model tests: they check the sentence scorer's answers exactly.
+    """
     env = {key: value for key, value in os.environ.items() if not key.startswith("QA_")}
-    env.update({"QA_DOCS_DIR": str(docs), "QA_INDEX_DIR": str(index), "QA_MODEL": "fake-256"})
+    env.update({"QA_DOCS_DIR": str(docs), "QA_INDEX_DIR": str(index), "QA_MODEL": "fake-256", "QA_READER": "off"})
     env.update(extra)
     return env
 
