@@ -222,3 +222,36 @@ def test_shipped_reader_loads_offline_and_scores_a_fixed_batch_as_recorded() -> 
     readings = Reader(folder).read(FIXED_QUESTION, FIXED_SENTENCES)
     assert [r.logit for r in readings] == pytest.approx(FIXED_LOGITS, abs=0.05)
     assert [s[r.start:r.end] for s, r in zip(FIXED_SENTENCES, readings)] == FIXED_SPANS
+
+
+@pytest.fixture(scope="module")
+def reading(tmp_path_factory: pytest.TempPathFactory):
+    """The real assistant with the packaged embedder and the shipped reader, on the pinned seeds."""
+    from qa.assistant import Assistant
+    from qa.config import resolve
+
+    from .conftest import SEEDS
+
+    root = tmp_path_factory.mktemp("reading")
+    assistant = Assistant(resolve({"docs_dir": SEEDS, "index_dir": root / "index"}, env={}))
+    assistant.build()
+    return assistant
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("question, words", [
+    ("What is the total area of the Hetao cooperation zone?", "3.89 square kilometers"),
+    ("How big is the Shenzhen park of the zone?", "3.02 square"),
+])
+def test_reader_answers_with_the_exact_words(reading, question: str, words: str) -> None:
+    result = reading.ask(question)
+    found = result.answer
+    assert found is not None and found.span is not None
+    article = reading.document(result.passages[found.passage].doc_id)[0].text
+    assert words in article[found.span[0]:found.span[1]]
+    assert article[found.start:found.end] == found.text and found.start <= found.span[0] < found.span[1] <= found.end
+
+
+@pytest.mark.model
+def test_reader_abstains_when_the_articles_do_not_say(reading) -> None:
+    assert reading.ask("Who is the president of France?").answer is None
