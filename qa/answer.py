@@ -275,9 +275,11 @@ class ReadSentence:
 
 def read(query: np.ndarray, terms: list[str], hits: list[Hit], data: IndexData, retriever: Retriever, reader: Any,
          question: str, passages: int = READ_PASSAGES, limit: int = READ_SENTENCES,
-         prior: float = PRIOR, passage_weight: float = PASSAGE) -> list[ReadSentence]:
-    """Read the shortlisted sentences of the best passages; best first."""
-    shortlist = score_sentences(query, terms, hits, data, retriever, passages=passages, question=question)[:limit]
+         prior: float = PRIOR, passage_weight: float = PASSAGE,
+         exclude: frozenset[tuple[str, int, int]] = frozenset()) -> list[ReadSentence]:
+    """Read the shortlisted sentences of the best passages; best first. Sentences in `exclude` are not read."""
+    shortlist = score_sentences(query, terms, hits, data, retriever, passages=passages, question=question,
+                                exclude=exclude)[:limit]
     if not shortlist:
         return []
     texts = []

@@ -430,7 +430,8 @@ class Assistant:
                                      settings.answer_threshold, question=asked.answer_text,
                                      exclude=self._answered_before(asked, top_k, mode, history, filters))
         else:
-            readings = answering.read(query, terms, hits, snapshot.data, snapshot.retriever, reader, asked.answer_text)
+            readings = answering.read(query, terms, hits, snapshot.data, snapshot.retriever, reader, asked.answer_text,
+                                      exclude=self._answered_before(asked, top_k, mode, history, filters))
             hits, moved = answering.reorder(hits, readings)
             found = answering.choose_read(readings, snapshot.data, moved, settings.reader_threshold)
         passages = [self._passage(snapshot, rank, hit) for rank, hit in enumerate(hits, start=1)]

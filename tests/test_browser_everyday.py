@@ -206,8 +206,11 @@ def test_desktop_layout(page: Page) -> None:
     turn.get_by_test_id("card").last.click()
     expect(page.get_by_test_id("panel-passage").first).to_be_visible()
     expect(page.get_by_test_id("panel-note")).to_contain_text("passage")
-    page.wait_for_function("() => document.getElementById('panel-scroll').scrollTop > 0 || "
-                           "document.getElementById('panel-scroll').scrollHeight <= document.getElementById('panel-scroll').clientHeight")
+    # Wait until the highlighted passage has been scrolled into the panel's view (wherever it is in its article).
+    page.wait_for_function("() => { const s = document.getElementById('panel-scroll'); "
+                           "const m = s && s.querySelector('.hl-passage'); if (!m) return false; "
+                           "const a = s.getBoundingClientRect(), b = m.getBoundingClientRect(); "
+                           "return b.top >= a.top - 1 && b.top < a.bottom; }")
     assert fully_visible(page, "#panel-note")
     screenshot(page, "everyday-desktop-panel.png")
 

@@ -193,10 +193,6 @@
     return expected === undefined ? null : findCodePoints(cps, expected);
   }
 
-  /**
-   * Paragraphs (split on blank lines) of `cps` into `container`, with `ranges` ({start, end,
-   * className, testid}) wrapped in <mark> elements; a later range marks more strongly.
-   */
   /** The answer's exact words (answer.span, article offsets) as a range of `cps`, which starts at article
    * offset `offset`; null when there is no span or it does not lie inside the sentence's range. */
   function spanRange(cps, answer, offset, sentence) {
@@ -219,6 +215,11 @@
     ];
   }
 
+  /**
+   * Paragraphs (split on blank lines) of `cps` into `container`, with `ranges` ({start, end,
+   * className, testid, inner}) wrapped in <mark> elements; a later range marks more strongly, and a
+   * range's `inner` ({start, end, testid}, inside it) is shown in bold within the mark.
+   */
   function renderParagraphs(container, cps, ranges) {
     const paragraphs = [];
     let start = 0;
@@ -254,11 +255,18 @@
           continue;
         }
         const strongest = inside[inside.length - 1];
+        // A range's `inner` part (the answer's exact words) is shown in bold inside the same mark.
+        const inner = strongest.inner;
+        const parts = inner && inner.start >= a && inner.end <= b
+          ? [cps.slice(a, inner.start).join(""),
+             el("strong", { className: "hl-span", text: cps.slice(inner.start, inner.end).join(""),
+                            attrs: { "data-testid": inner.testid } }),
+             cps.slice(inner.end, b).join("")]
+          : [text];
         const mark = el("mark", {
           className: inside.map((r) => r.className).join(" "),
-          text,
           attrs: { "data-testid": strongest.testid },
-        });
+        }, parts.filter((part) => part !== ""));
         p.appendChild(mark);
       }
       container.appendChild(p);
@@ -578,9 +586,9 @@
       const found = checkedRange(cps, answer.start, answer.end, answer.text);
       if (found && found.start >= passageRange.start && found.end <= passageRange.end) {
         answerRange = found;
-        ranges.push(Object.assign({ className: "hl-answer", testid: "panel-answer" }, found));
         const words = spanRange(cps, answer, 0, found);
-        if (words) ranges.push(Object.assign({ className: "hl-span", testid: "panel-span" }, words));
+        ranges.push(Object.assign({ className: "hl-answer", testid: "panel-answer",
+                                    inner: words && Object.assign({ testid: "panel-span" }, words) }, found));
       }
     }
 
@@ -643,9 +651,9 @@
     if (isAnswer) {
       const found = checkedRange(cps, answer.start - p.start, answer.end - p.start, answer.text);
       if (found) {
-        ranges.push(Object.assign({ className: "hl-answer", testid: "card-answer" }, found));
         const words = spanRange(cps, answer, p.start, found);
-        if (words) ranges.push(Object.assign({ className: "hl-span", testid: "card-span" }, words));
+        ranges.push(Object.assign({ className: "hl-answer", testid: "card-answer",
+                                    inner: words && Object.assign({ testid: "card-span" }, words) }, found));
       }
     }
     const text = el("div", { className: "card-text", attrs: { id: textId, "data-testid": "card-text" } });
