@@ -110,6 +110,10 @@ def test_answer_with_citation_and_passage_cards(page: Page) -> None:
     # The answering sentence is highlighted inside its own card, exactly.
     expect(first.get_by_test_id("card-answer")).to_have_text(turn.get_by_test_id("answer-text").inner_text())
     expect(turn.get_by_test_id("card-answer")).to_have_count(1)
+    # The reader's exact answer words are bold inside the sentence, in the reply and in the card.
+    expect(turn.get_by_test_id("answer-span")).to_have_text("3.89 square kilometers")
+    expect(first.get_by_test_id("card-answer").get_by_test_id("card-span")).to_have_text("3.89 square kilometers")
+    assert turn.get_by_test_id("answer-span").evaluate("e => e.tagName + getComputedStyle(e).fontWeight") == "STRONG700"
     expect(page.get_by_test_id("searching")).to_have_count(0)
     expect(page.get_by_test_id("intro")).to_be_hidden()
     expect(page.get_by_test_id("announcer")).to_contain_text(HETAO_FACT)
