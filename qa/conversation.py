@@ -71,10 +71,17 @@ class Query:
         return bool(self.context)
 
 
+# Keyword queries are short (the training ones run to 8 words); a longer text, or one ending in a full stop,
+# is a statement (a claim to check, a pasted sentence) and is searched as it is.
+MAX_KEYWORDS = 10
+
+
 def is_keywords(question: str) -> bool:
-    """A query with no question word or request at its start: "area of Hetao", "Hetao zone size"."""
+    """A short query with no question word or request at its start: "area of Hetao", "Hetao zone size"."""
     words = re.findall(r"[\w'’]+", question.lower())
-    return bool(words) and words[0] not in _STARTERS and not question.rstrip().endswith("?")
+    stripped = question.rstrip()
+    return (bool(words) and len(words) <= MAX_KEYWORDS and words[0] not in _STARTERS
+            and not stripped.endswith(("?", ".", "!")))
 
 
 def as_question(question: str) -> str:

@@ -349,3 +349,12 @@ def test_the_area_of_hetao_keyword_query_finds_the_area(tmp_path: Path, reader: 
     assert found.resolved == "What is the area of Hetao?"
     # Not the sentence about Xi in 2020 "in the Hetao area": a year is not an area.
     assert found.answer is not None and "3.89" in found.answer.text, found.answer
+
+
+def test_a_statement_is_searched_as_it_is_not_as_a_keyword_query() -> None:
+    # A claim to check or a pasted sentence is not a keyword query: "What is the ... ?" would only add noise.
+    claim = "ALDH1 expression is associated with poorer prognosis for breast cancer primary tumors."
+    assert conversation.as_question(claim) == claim
+    long_text = "Shenzhen officials said the border park would open to researchers from both sides next year"
+    assert conversation.as_question(long_text) == long_text
+    assert conversation.as_question("area of Hetao") == "What is the area of Hetao?"
