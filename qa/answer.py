@@ -135,6 +135,11 @@ class Answer:
     score: float  # compared with the threshold
     span: tuple[int, int] | None = None  # the exact answer words, article offsets inside [start, end)
 
+    @property
+    def words(self) -> str | None:
+        """The exact answer words (the text at `span`), or None without a reader."""
+        return None if self.span is None else self.text[self.span[0] - self.start:self.span[1] - self.start]
+
 
 @dataclass(frozen=True)
 class SentenceScore:

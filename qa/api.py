@@ -606,11 +606,7 @@ def serve(settings: Settings) -> None:
     report = assistant.ensure_index(progress=sys.stderr.isatty(), log=log.info)
     if report is not None:
         log.info("built index: %d articles, %d passages in %.1fs", report.documents, report.passages, report.seconds)
-    # Load the models now, so the first question does not pay for them.
-    assistant.embedder.embed(["warm up"])
-    reader = assistant.reader()
-    if reader is not None:
-        reader.read("warm up", ["warm up"])
+    assistant.warm_up()
     from .workers import VersionFollower
 
     VersionFollower(assistant).start()  # versions written by other processes (`qa add`, `qa index`) are served too

@@ -299,6 +299,13 @@ class Assistant:
             self._reader = Reader(self._reader_folder)
         return self._reader
 
+    def warm_up(self) -> None:
+        """Load the embedder and the reader now, so the first question does not pay for them."""
+        self.embedder.embed(["warm up"])
+        reader = self.reader()
+        if reader is not None:
+            reader.read("warm up", ["warm up"])
+
     def check_question(self, question: str, top_k: int) -> str:
         text = question.strip() if isinstance(question, str) else ""
         if not text:

@@ -26,16 +26,10 @@ import uuid
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from .store import fsync_dir
+
 JOURNAL = ".qa-journal.json"
 _PREFIX = ".qa-"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_synced(path: Path, data: bytes) -> None:
@@ -88,7 +82,7 @@ def _roll_back(docs_dir: Path, journal: dict[str, list[list[str]]]) -> None:
 
 def _end(docs_dir: Path) -> None:
     (docs_dir / JOURNAL).unlink(missing_ok=True)
-    _fsync_dir(docs_dir)
+    fsync_dir(docs_dir)
 
 
 def recover(docs_dir: Path) -> bool:
@@ -133,13 +127,13 @@ def change(docs_dir: Path, add: Sequence[tuple[str, bytes]] = (), remove: Sequen
         temporary = docs_dir / f"{_PREFIX}journal-{tag}"
         _write_synced(temporary, json.dumps(journal).encode())
         os.replace(temporary, docs_dir / JOURNAL)
-        _fsync_dir(docs_dir)
+        fsync_dir(docs_dir)
         # From here a crash finishes the change at the next start.
         for target, hidden in journal["remove"]:
             os.replace(docs_dir / target, docs_dir / hidden)
         for staged, target in journal["add"]:
             os.replace(docs_dir / staged, docs_dir / target)
-        _fsync_dir(docs_dir)
+        fsync_dir(docs_dir)
         yield
     except BaseException:
         _roll_back(docs_dir, journal)

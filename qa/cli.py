@@ -101,9 +101,8 @@ def _print_result(result: Any) -> None:
     if result.answer is not None:
         found = result.answer
         rank = result.passages[found.passage].rank
-        if found.span is not None:
-            words = found.text[found.span[0] - found.start:found.span[1] - found.start]
-            print(f"Answer: {words}  [{rank}]\n    {found.text}\n")
+        if found.words is not None:
+            print(f"Answer: {found.words}  [{rank}]\n    {found.text}\n")
         else:
             print(f"Answer: {found.text}  [{rank}]\n")
     else:

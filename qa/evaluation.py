@@ -318,19 +318,11 @@ def run_bench(bench: Bench, settings: Settings, embedder: Any, modes: Sequence[s
             if query.answers and query.relevant:
                 has = bool(result.passages) and contains_answer(result.passages[0].text, query.answers)
                 correct = found is not None and contains_answer(found.text, query.answers)
-            span = None
-            if found is not None and found.span is not None:
-                span = found_text(result, found)
             records.append(Record(query.qid, mode, ranked, has, found.text if found else None,
-                                  found.score if found else None, correct, ms, span))
+                                  found.score if found else None, correct, ms, found.words if found else None))
         if (number + 1) % 500 == 0:
             log(f"{bench.label}: {number + 1}/{len(bench.queries)} questions, {time.perf_counter() - started:.0f}s")
     return records
-
-
-def found_text(result: Any, found: Any) -> str:
-    """The span's words: offsets are the article's, and the answer sentence starts at found.start."""
-    return found.text[found.span[0] - found.start:found.span[1] - found.start]
 
 
 def summarise(bench: Bench, records: list[Record], mode: str, threshold: float) -> dict[str, Any]:

@@ -29,7 +29,7 @@ def result_json(result: Result) -> dict[str, Any]:
             # The reader's exact answer words inside the sentence (article offsets); null with the reader off.
             "span": None if found.span is None else {
                 "start": found.span[0], "end": found.span[1],
-                "text": found.text[found.span[0] - found.start:found.span[1] - found.start],
+                "text": found.words,
             },
         },
         "passages": [passage_json(p) for p in result.passages],

@@ -108,7 +108,7 @@ class IndexData:
     bm25: Bm25Indexes | None = None  # None: not stored (see terms), or nothing to index
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -165,11 +165,11 @@ def _write_bm25(folder: Path, bm25: Bm25Indexes) -> dict[str, str]:
     hashes = {}
     for filename in BM25_FILES:  # bm25s writes these itself: hashed from the files
         _fsync_file(folder / filename)
-        hashes[filename] = _sha256(folder / filename)
+        hashes[filename] = file_sha256(folder / filename)
     return hashes
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -325,14 +325,14 @@ def write(index_dir: Path, data: IndexData, settings_fields: dict[str, Any], bas
             "files": {filename: files[filename] for filename in (*FILES, LABELS) if filename in files},
         }
         _fsync_write(staging / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False).encode())
-        _fsync_dir(staging)
+        fsync_dir(staging)
         if cancel is not None and cancel.is_set():
             raise BuildCancelled("the index update was cancelled; the previous version is still the live one")
         os.rename(staging, index_dir / name)
         pointer = index_dir / f".{CURRENT}.{name}"
         _fsync_write(pointer, name.encode())
         os.replace(pointer, index_dir / CURRENT)
-        _fsync_dir(index_dir)
+        fsync_dir(index_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -355,7 +355,7 @@ def _write_core(folder: Path, data: IndexData, counts: dict[str, int],
     dense = dense_index(data, base)
     faiss.write_index(dense.index, str(folder / "dense.faiss"))
     _fsync_file(folder / "dense.faiss")
-    hashes["dense.faiss"] = _sha256(folder / "dense.faiss")  # read back: serialising to memory first costs a copy
+    hashes["dense.faiss"] = file_sha256(folder / "dense.faiss")  # read back: serialising to memory first costs a copy
     if dense.rows is not None:
         hashes[LABELS] = _fsync_array(folder / LABELS, dense.rows)
     return hashes, dense
@@ -459,7 +459,7 @@ def load(index_dir: Path, verify: bool = True) -> IndexData:
         if missing:
             raise IndexCorrupt(f"index file {', '.join(missing)} is missing; {rebuild}")
         for filename in expected:
-            if listed.get(filename) != _sha256(folder / filename):
+            if listed.get(filename) != file_sha256(folder / filename):
                 raise IndexCorrupt(f"index file {filename} is damaged (checksum mismatch); {rebuild}")
     try:
         records = json.loads((folder / "documents.json").read_text(encoding="utf-8"))

@@ -124,10 +124,7 @@ def _worker(settings: Settings, watch: bool, jobs: Path) -> None:
     limit_threads()
     assistant = Assistant(settings)
     assistant.load()
-    assistant.embedder.embed(["warm up"])  # so the first question does not pay for loading the model
-    reader = assistant.reader()  # and the reader too
-    if reader is not None:
-        reader.read("warm up", ["warm up"])
+    assistant.warm_up()
     VersionFollower(assistant).start()
     log.info("worker serving index version %s", assistant.stats()["version"])
     listener = bind(settings.host, settings.port)

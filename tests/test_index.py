@@ -343,7 +343,7 @@ def test_arrays_are_written_as_np_save_writes_them_with_their_checksum(array: np
     digest = store._fsync_array(tmp_path / "ours.npy", array)
     np.save(tmp_path / "numpy.npy", np.ascontiguousarray(array), allow_pickle=False)
     assert (tmp_path / "ours.npy").read_bytes() == (tmp_path / "numpy.npy").read_bytes()
-    assert digest == store._sha256(tmp_path / "ours.npy")
+    assert digest == store.file_sha256(tmp_path / "ours.npy")
     assert np.array_equal(np.load(tmp_path / "ours.npy"), array)
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from qa import answer as answering
 from qa.errors import ConfigError
+from qa.filters import Filters
 from qa.reader import Reading, resolve_folder
 from qa.training.card import auc, span_em, span_f1
 from qa.training.data import Builder, answer_sentence, load
@@ -99,7 +100,7 @@ def test_reading_reorders_passages_and_gives_the_span_in_article_offsets(setting
     assistant.build()
     snapshot = assistant.snapshot()
     question = "What is the total area of the Hetao cooperation zone?"
-    _, query, terms, ranked = assistant._search(snapshot, question, "hybrid", (), answering_filters())
+    _, query, terms, ranked = assistant._search(snapshot, question, "hybrid", (), Filters())
     hits = tidy(ranked, 5, 3)
     # The word the reader looks for: one that occurs in a shortlisted sentence of a passage other than the first.
     shortlist = answering.score_sentences(query, terms, hits, snapshot.data, snapshot.retriever, passages=5,
@@ -121,12 +122,6 @@ def test_reading_reorders_passages_and_gives_the_span_in_article_offsets(setting
     assert found.start <= found.span[0] < found.span[1] <= found.end
     # A threshold above every logit: the articles are taken not to answer.
     assert answering.choose_read(readings, snapshot.data, moved, threshold=100.0) is None
-
-
-def answering_filters():
-    from qa.filters import Filters
-
-    return Filters()
 
 
 # --- training on the tiny fixture (real packaged MiniLM) -----------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
 import shutil
@@ -11,14 +10,6 @@ import time
 import warnings
 from pathlib import Path
 from typing import Any
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def export(run: Path, target: Path, quantize: bool = True) -> Path:

@@ -9,6 +9,7 @@ is read once, every candidate's scores are kept, and the settings are chosen off
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import random
@@ -34,6 +35,7 @@ def collect(data_root: Path, work: Path, reader_folder: Path, questions: int = 1
     from ..assistant import Assistant
     from ..config import resolve
     from ..evaluation import sync_docs
+    from ..filters import Filters
     from ..retrieval import tidy
 
     paragraphs, all_questions = load(data_root)
@@ -67,7 +69,7 @@ def collect(data_root: Path, work: Path, reader_folder: Path, questions: int = 1
     rows = []
     started = time.perf_counter()
     for number, (kind, text, answer, pid) in enumerate(asked):
-        _, query, terms, ranked = assistant._search(snapshot, text, "hybrid", (), answering_filters())
+        _, query, terms, ranked = assistant._search(snapshot, text, "hybrid", (), Filters())
         hits = tidy(ranked, 5, 1)
         began = time.perf_counter()
         readings = answering.read(query, terms, hits, snapshot.data, snapshot.retriever, reader, text, limit=limit)
@@ -86,12 +88,6 @@ def collect(data_root: Path, work: Path, reader_folder: Path, questions: int = 1
         if (number + 1) % 250 == 0:
             log(f"{number + 1}/{len(asked)} questions read, {time.perf_counter() - started:.0f} s")
     return rows
-
-
-def answering_filters() -> Any:
-    from ..filters import Filters
-
-    return Filters()
 
 
 def decide(row: dict[str, Any], prior: float, limit: int, passage: float = 0.0) -> tuple[dict[str, Any] | None, float]:
@@ -114,27 +110,26 @@ def fit(rows: list[dict[str, Any]], priors: tuple[float, ...] = (0.0, 1.0, 2.0, 
     answerable = [r for r in rows if r["kind"] == "answerable"]
     unanswerable = [r for r in rows if r["kind"] != "answerable"]
     table = []
-    for prior, limit, passage in ((p, n, w) for p in priors for n in limits for w in passages):
-        if True:
-            pos = [decide(r, prior, limit, passage) for r in answerable]
-            neg = [decide(r, prior, limit, passage)[1] for r in unanswerable]
-            cuts = sorted({round(s, 2) for _, s in pos if s > -math.inf} | {round(s, 2) for s in neg if s > -math.inf})
-            best = None
-            for cut in cuts[::max(1, len(cuts) // 400)]:
-                right = statistics.fmean(bool(c and c["right"]) and s >= cut for c, s in pos)
-                abstained = statistics.fmean(s < cut for s in neg)
-                # SQuAD v2.0 is half unanswerable: weigh the two halves equally.
-                overall = (right + abstained) / 2
-                if best is None or overall > best["overall"]:
-                    best = {"prior": prior, "limit": limit, "passage": passage, "threshold": cut, "answerable_right": right,
-                            "abstained": abstained, "overall": overall,
-                            "chosen_right": statistics.fmean(bool(c and c["right"]) for c, _ in pos),
-                            "r1_retrieval": statistics.fmean(bool(r["hits"]) and r["hits"][0] == r["paragraph"]
-                                                             for r in answerable),
-                            "r1_read": statistics.fmean(bool(c) and c["doc"] == r["paragraph"]
-                                                        for r, (c, _) in zip(answerable, pos))}
-            if best:
-                table.append(best)
+    for prior, limit, passage in itertools.product(priors, limits, passages):
+        pos = [decide(r, prior, limit, passage) for r in answerable]
+        neg = [decide(r, prior, limit, passage)[1] for r in unanswerable]
+        cuts = sorted({round(s, 2) for _, s in pos if s > -math.inf} | {round(s, 2) for s in neg if s > -math.inf})
+        best = None
+        for cut in cuts[::max(1, len(cuts) // 400)]:
+            right = statistics.fmean(bool(c and c["right"]) and s >= cut for c, s in pos)
+            abstained = statistics.fmean(s < cut for s in neg)
+            # SQuAD v2.0 is half unanswerable: weigh the two halves equally.
+            overall = (right + abstained) / 2
+            if best is None or overall > best["overall"]:
+                best = {"prior": prior, "limit": limit, "passage": passage, "threshold": cut, "answerable_right": right,
+                        "abstained": abstained, "overall": overall,
+                        "chosen_right": statistics.fmean(bool(c and c["right"]) for c, _ in pos),
+                        "r1_retrieval": statistics.fmean(bool(r["hits"]) and r["hits"][0] == r["paragraph"]
+                                                         for r in answerable),
+                        "r1_read": statistics.fmean(bool(c) and c["doc"] == r["paragraph"]
+                                                    for r, (c, _) in zip(answerable, pos))}
+        if best:
+            table.append(best)
     return sorted(table, key=lambda t: -t["overall"])
 
 
