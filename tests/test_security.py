@@ -31,6 +31,7 @@ from qa.errors import ConfigError, DocumentError
 from qa.security import exposure_notice, header_timeout_protocol
 
 from .conftest import SEEDS
+from .test_api import wait_for_job
 from .test_index import NEW_ARTICLE, folder_state
 
 SEED_ID = "001_75d156586012b08a"
@@ -53,16 +54,6 @@ def assert_refused(response: Any, status: int, code: str) -> None:
     assert response.status_code == status, response.text
     assert response.json()["error"]["code"] == code
     assert response.json()["error"]["message"]
-
-
-def wait_for_job(client: TestClient, job_id: str) -> dict:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        job = client.get(f"/jobs/{job_id}").json()
-        if job["status"] in ("done", "failed"):
-            return job
-        time.sleep(0.02)
-    raise AssertionError("job did not finish")
 
 
 UPLOAD = [("files", ("lighthouse.txt", NEW_ARTICLE.encode(), "text/plain"))]
