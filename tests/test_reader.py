@@ -51,6 +51,41 @@ def test_synthetic_unanswerable_swaps_a_name_for_one_of_the_same_article_not_in_
         assert "Mara Lind" not in changed
 
 
+def test_style_two_adds_an_impossible_condition_and_one_question_per_kind() -> None:
+    paragraphs, questions = load(FIXTURE)
+    gold = "The bridge opened in 1932 after eight years of work."
+    plain = Builder(paragraphs, seed=0).unanswerable_options("When did the Harbour Bridge open?", gold, "000")
+    richer = Builder(paragraphs, seed=0, style=2).unanswerable_options("When did the Harbour Bridge open?", gold, "000")
+    assert all(kind != "condition" for _, kind in plain)
+    conditions = [q for q, kind in richer if kind == "condition"]
+    assert conditions, richer
+    for changed in conditions:
+        year = changed.rsplit(" in ", 1)[1].rstrip("?")
+        assert changed.startswith("When did the Harbour Bridge open in ") and year.isdigit() and year not in gold
+    builder = Builder(paragraphs, seed=3, style=2)
+    for question in questions:
+        made = [p for p in builder.pairs(question, synthetic=1.0) if p.kind not in ("positive", "paragraph", "article")]
+        kinds = [p.kind for p in made]
+        assert len(kinds) == len(set(kinds)) <= 2
+        assert all(p.label == 0 and p.question != question.text for p in made)
+
+
+def test_dense_and_lexical_negatives_are_other_paragraphs_sentences_without_the_answer() -> None:
+    paragraphs, questions = load(FIXTURE)
+    builder = Builder(paragraphs, seed=0, style=2)
+    question = questions[0]  # answer: 1932
+    own = paragraphs[question.paragraph]
+    other = next(p for p in paragraphs.values() if p.article != own.article)
+    lexical = [(own.id, own.text), (other.id, "Trains crossed the harbour by ferry.")]
+    dense = [(other.id, "Trains crossed the harbour by ferry."),  # lexical has it: not repeated
+             (other.id, "The bridge was finished in 1932."),  # holds the answer: not a negative
+             (other.id, "Ferries still run across the harbour.")]
+    made = builder.pairs(question, lexical, synthetic=0.0, dense=dense)
+    chosen = {p.kind: p.sentence for p in made if p.kind in ("lexical", "dense")}
+    assert chosen == {"lexical": "Trains crossed the harbour by ferry.",
+                      "dense": "Ferries still run across the harbour."}
+
+
 def test_answer_sentence_finds_the_span_and_refuses_answers_across_sentences() -> None:
     paragraphs, _ = load(FIXTURE)
     paragraph = paragraphs["000_000"]
@@ -163,6 +198,28 @@ def test_training_runs_is_deterministic_and_resumes_to_the_same_weights(tmp_path
     assert len(losses) == 2 and all(np.isfinite(__import__("json").loads(x)["loss"]) for x in losses)
     with pytest.raises(SystemExit, match="other settings"):
         train(_settings(tmp_path / "a", learning_rate=1e-3), progress=False, log=quiet, max_steps=4)
+
+
+@pytest.mark.model
+def test_a_second_stage_starts_from_the_first_stages_weights(tmp_path: Path) -> None:
+    import json
+
+    import torch
+
+    from qa.training.loop import train
+
+    quiet = lambda message: None  # noqa: E731
+    first = train(_settings(tmp_path / "one"), progress=False, log=quiet, max_steps=2)
+    # Learning rate 0: the second stage's weights are exactly where it started.
+    kept = train(_settings(tmp_path / "two", init=str(first), learning_rate=0.0, style=2, skip_questions=2,
+                           questions=4), progress=False, log=quiet, max_steps=2)
+    moved = train(_settings(tmp_path / "three", init=str(first), style=2, skip_questions=2, questions=4),
+                  progress=False, log=quiet, max_steps=2)
+    a, b, c = _weights(first), _weights(kept), _weights(moved)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+    recorded = json.loads((tmp_path / "two" / "train_settings.json").read_text())
+    assert recorded["init_settings"]["questions"] == 10 and recorded["skip_questions"] == 2
 
 
 @pytest.mark.model

@@ -22,9 +22,14 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=None,
                         help="where the exported model goes (default: RUN/export); the shipped one is qa/models/reader")
     defaults = TrainSettings(data="", out="")
-    for name in ("questions", "seed", "max_length", "batch_size", "learning_rate", "synthetic", "held_out_articles"):
+    for name in ("questions", "seed", "max_length", "batch_size", "learning_rate", "synthetic", "held_out_articles",
+                 "skip_questions", "style"):
         value = getattr(defaults, name)
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value, help=f"default {value}")
+    parser.add_argument("--init", default="",
+                        help="a finished run folder (holding reader.pt) to continue from: a second stage")
+    parser.add_argument("--dense-negatives", action="store_true",
+                        help="add the dense ranker's best wrong sentence to each question's negatives")
     parser.add_argument("--no-bf16", action="store_true", help="train in float32 (slower; bf16 autocast by default)")
     parser.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (smoke runs)")
     parser.add_argument("--no-export", action="store_true", help="train only")

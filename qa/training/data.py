@@ -20,7 +20,7 @@ from typing import Any, Iterator
 from ..chunking import sentence_units
 
 # Synthetic-unanswerable kinds, in the order tried when several apply.
-ENTITY, NUMBER, ATTRIBUTE, POLARITY = "entity", "number", "attribute", "polarity"
+ENTITY, NUMBER, ATTRIBUTE, POLARITY, CONDITION = "entity", "number", "attribute", "polarity", "condition"
 
 _WORD = re.compile(r"[A-Za-z][A-Za-z'-]*|\d[\d,.]*")
 _NUMBER = re.compile(r"\b\d[\d,.]*\b")
@@ -42,6 +42,23 @@ _ANTONYMS = dict(
                  ("early", "late"), ("major", "minor"), ("maximum", "minimum"), ("top", "bottom")]
     for pair in ((a, b), (b, a))
 )
+# Style 2 adds these pairs (style 1, the first run's data, keeps the list above as it was).
+_MORE_ANTONYMS = dict(
+    pair
+    for a, b in [("cheapest", "dearest"), ("closest", "farthest"),
+                 ("fastest", "slowest"), ("strongest", "weakest"), ("richest", "poorest"), ("deepest", "shallowest"),
+                 ("heaviest", "lightest"), ("hottest", "coldest"), ("wettest", "driest"), ("youngest", "eldest"),
+                 ("rise", "fall"), ("rose", "fell"), ("accepted", "rejected"),
+                 ("allowed", "banned"), ("supported", "opposed"), ("opened", "closed"), ("entered", "left"),
+                 ("bought", "sold"), ("import", "export"), ("imports", "exports"), ("inside", "outside"),
+                 ("above", "below"), ("northern", "southern"), ("eastern", "western"),
+                 ("internal", "external"), ("male", "female"), ("men", "women"), ("private", "public"),
+                 ("ancient", "modern"), ("positive", "negative"), ("success", "failure"), ("legal", "illegal"),
+                 ("primary", "secondary"), ("previous", "next"), ("born", "died"), ("birth", "death"),
+                 ("created", "destroyed"), ("built", "demolished"), ("win", "lose"), ("wins", "losses")]
+    for pair in ((a, b), (b, a))
+)
+_YEAR = re.compile(r"\b1[5-9]\d\d\b|\b20[0-2]\d\b")
 _AUXILIARY = re.compile(r"^((?:what|which|who|whom|where|when|why|how)(?: \w+)?? (?:is|was|are|were|did|does|do|can|could|will|would|has|have|had))\b",
                         re.IGNORECASE)
 
@@ -109,9 +126,13 @@ def answer_sentence(paragraph: Paragraph, answer: str) -> tuple[int, tuple[int, 
 class Builder:
     """Makes the pairs of questions, deterministically for a seed."""
 
-    def __init__(self, paragraphs: dict[str, Paragraph], seed: int = 0) -> None:
+    def __init__(self, paragraphs: dict[str, Paragraph], seed: int = 0, style: int = 1) -> None:
+        """style 1 makes the first run's data; style 2 adds antonyms, the "condition" kind, and makes a
+        synthetic question of every kind that applies (rather than one) when it is asked for."""
         self.paragraphs = paragraphs
         self.rng = random.Random(seed)
+        self.style = style
+        self.antonyms = {**_ANTONYMS, **_MORE_ANTONYMS} if style >= 2 else _ANTONYMS
         self.by_article: dict[str, list[Paragraph]] = {}
         for paragraph in paragraphs.values():
             self.by_article.setdefault(paragraph.article, []).append(paragraph)
@@ -132,6 +153,9 @@ class Builder:
         if article not in self._article_entities:
             text = "\n".join(p.text for p in self.by_article[article])
             names = sorted({m.group(0) for m in _NAME.finditer(text) if m.start() > 0 and m.group(0).lower() not in _STOP})
+            if self.style >= 2:  # not a sentence's first word that is an ordinary word ("However", "People")
+                lower = set(re.findall(r"\b[a-z][a-z'-]*\b", text))
+                names = [n for n in names if n.split()[0].lower() not in lower]
             numbers = sorted(set(_NUMBER.findall(text)))
             vocab = sorted({w for w in words(text) if w.isalpha() and len(w) >= 4})
             self._article_entities[article] = (names, numbers, vocab)
@@ -152,8 +176,8 @@ class Builder:
         return {q.id: [rows[int(i)] for i in found[n]] for n, q in enumerate(questions)}
 
     def pairs(self, question: Question, lexical: list[tuple[str, str]] | None = None,
-              synthetic: float = 0.5) -> list[Pair]:
-        """The pairs made from one question: a positive, up to three negatives and maybe a synthetic one."""
+              synthetic: float = 0.5, dense: list[tuple[str, str]] | None = None) -> list[Pair]:
+        """The pairs made from one question: a positive, up to four negatives and maybe synthetic ones."""
         paragraph = self.paragraphs[question.paragraph]
         located = answer_sentence(paragraph, question.answer)
         if located is None:
@@ -181,14 +205,28 @@ class Builder:
                 best, best_overlap = text, overlap
         if best is not None:
             made.append(Pair(question.text, best, 0, None, "article"))
-        for pid, text in lexical or []:
-            if pid != paragraph.id and usable(text) and text != best:
-                made.append(Pair(question.text, text, 0, None, "lexical"))
-                break
+        taken = {best}
+        for kind, found in (("lexical", lexical), ("dense", dense)):
+            for pid, text in found or []:
+                if pid != paragraph.id and usable(text) and text not in taken:
+                    made.append(Pair(question.text, text, 0, None, kind))
+                    taken.add(text)
+                    break
         if self.rng.random() < synthetic:
-            changed = self.unanswerable(question.text, gold, paragraph.article)
-            if changed is not None:
-                made.append(Pair(changed[0], gold, 0, None, changed[1]))
+            if self.style >= 2:
+                # One per kind that applies (at most two), each against the gold sentence.
+                options = self.unanswerable_options(question.text, gold, paragraph.article)
+                by_kind: dict[str, tuple[str, str]] = {}
+                for option in options:
+                    by_kind.setdefault(option[1], option)
+                kinds = sorted(k for k in by_kind if k != ATTRIBUTE) or sorted(by_kind)  # attribute: fallback
+                self.rng.shuffle(kinds)
+                for kind in kinds[:2]:
+                    made.append(Pair(by_kind[kind][0], gold, 0, None, kind))
+            else:
+                changed = self.unanswerable(question.text, gold, paragraph.article)
+                if changed is not None:
+                    made.append(Pair(changed[0], gold, 0, None, changed[1]))
         return made
 
     def _pick(self, pool: list[str], fits: Any, tries: int = 24) -> str | None:
@@ -201,6 +239,16 @@ class Builder:
 
     def unanswerable(self, question: str, gold: str, article: str) -> tuple[str, str] | None:
         """The question changed so its gold sentence no longer answers it, and how; None if no change applies."""
+        options = self.unanswerable_options(question, gold, article)
+        if not options:
+            return None
+        # A swapped name, number or polarity reads like a real question; a swapped attribute word often
+        # does not, so it is the fallback.
+        natural = [o for o in options if o[1] != ATTRIBUTE]
+        return self.rng.choice(natural or options)
+
+    def unanswerable_options(self, question: str, gold: str, article: str) -> list[tuple[str, str]]:
+        """Every change of the question that its gold sentence no longer answers: (question, kind)."""
         names, numbers, vocab = self.entities_of(article)
         lowered = gold.lower()
         options: list[tuple[str, str]] = []
@@ -225,7 +273,7 @@ class Builder:
             if swap:
                 options.append((question[:match.start()] + swap + question[match.end():], ATTRIBUTE))
         for match in _WORD.finditer(question):
-            flipped = _ANTONYMS.get(match.group(0).lower())
+            flipped = self.antonyms.get(match.group(0).lower())
             if flipped and flipped not in lowered:
                 options.append((question[:match.start()] + flipped + question[match.end():], POLARITY))
                 break
@@ -233,12 +281,13 @@ class Builder:
             negated = _AUXILIARY.match(question)
             if negated and " not " not in question:
                 options.append((negated.group(1) + " not" + question[negated.end():], POLARITY))
-        if not options:
-            return None
-        # A swapped name, number or polarity reads like a real question; a swapped attribute word often
-        # does not, so it is the fallback.
-        natural = [o for o in options if o[1] != ATTRIBUTE]
-        return self.rng.choice(natural or options)
+        if self.style >= 2 and question.endswith("?") and not _YEAR.search(question):
+            # An impossible condition: a year of the article the gold sentence does not mention.
+            years = [y for y in numbers if _YEAR.fullmatch(y)]
+            year = self._pick(years, lambda y: y not in gold)
+            if year:
+                options.append((question[:-1].rstrip() + f" in {year}?", CONDITION))
+        return options
 
 
 def split_articles(paragraphs: dict[str, Paragraph], held_out: int) -> tuple[set[str], set[str]]:
@@ -247,16 +296,38 @@ def split_articles(paragraphs: dict[str, Paragraph], held_out: int) -> tuple[set
     return set(articles[:-held_out] if held_out else articles), set(articles[-held_out:] if held_out else [])
 
 
+def dense_neighbours(paragraphs: dict[str, Paragraph], articles: set[str], questions: list[Question],
+                     k: int = 8, progress: bool = True) -> dict[str, list[tuple[str, str]]]:
+    """The sentences of the training articles nearest each question by the packaged embedder (our dense
+    ranker), (paragraph id, text), best first: the hard negatives lexical overlap misses."""
+    import faiss
+
+    from ..embedding import OnnxEmbedder
+
+    rows = [(p.id, p.text[s:e]) for p in paragraphs.values() if p.article in articles for s, e in p.sentences]
+    embedder = OnnxEmbedder()
+    sentence_vectors = embedder.embed([t for _, t in rows], progress=progress)
+    question_vectors = embedder.embed([q.text for q in questions], progress=progress)
+    index = faiss.IndexFlatIP(sentence_vectors.shape[1])
+    index.add(sentence_vectors)
+    _, found = index.search(question_vectors, k)
+    return {q.id: [rows[int(i)] for i in found[n] if i >= 0] for n, q in enumerate(questions)}
+
+
 def assemble(root: Path, questions_wanted: int, seed: int = 0, held_out: int = 20,
-             synthetic: float = 0.5) -> Iterator[Pair]:
-    """Pairs from `questions_wanted` training questions sampled with the seed (held-out articles excluded)."""
+             synthetic: float = 0.5, skip: int = 0, style: int = 1, dense: bool = False) -> Iterator[Pair]:
+    """Pairs from `questions_wanted` training questions sampled with the seed (held-out articles excluded).
+
+    `skip` passes over the first questions of the seeded order: a second stage trains on questions the
+    first did not see. `dense` adds a hard negative from the dense ranker to each question."""
     paragraphs, questions = load(root)
     train_articles, _ = split_articles(paragraphs, held_out)
     pool = [q for q in questions if paragraphs[q.paragraph].article in train_articles]
     rng = random.Random(seed)
     rng.shuffle(pool)
-    chosen = pool[:questions_wanted]
-    builder = Builder(paragraphs, seed)
+    chosen = pool[skip:skip + questions_wanted]
+    builder = Builder(paragraphs, seed, style)
     lexical = builder.index_lexical(chosen)
+    nearest = dense_neighbours(paragraphs, train_articles, chosen) if dense else {}
     for question in chosen:
-        yield from builder.pairs(question, lexical[question.id], synthetic)
+        yield from builder.pairs(question, lexical[question.id], synthetic, nearest.get(question.id))

@@ -38,6 +38,10 @@ class TrainSettings:
     checkpoint_every: int = 250
     threads: int = 2
     encoder: str = ""  # empty: the packaged all-MiniLM-L6-v2
+    init: str = ""  # a finished run folder whose reader.pt this run starts from (a second stage)
+    skip_questions: int = 0  # questions of the seeded order left to an earlier stage
+    style: int = 1  # synthetic-question style (see data.Builder)
+    dense_negatives: bool = False  # add the dense ranker's best wrong sentence to each question
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -157,7 +161,7 @@ def train(settings: TrainSettings, *, progress: bool = True, log: Callable[[str]
     started = time.time()
     log(f"assembling pairs from {settings.questions:,} questions")
     pairs = list(assemble(Path(settings.data), settings.questions, settings.seed, settings.held_out_articles,
-                          settings.synthetic))
+                          settings.synthetic, settings.skip_questions, settings.style, settings.dense_negatives))
     encoded = encode(pairs, tokenizer, settings.max_length)
     kinds: dict[str, int] = {}
     for p in pairs:
@@ -167,6 +171,9 @@ def train(settings: TrainSettings, *, progress: bool = True, log: Callable[[str]
     total = len(plan) if max_steps is None else min(len(plan), max_steps)
 
     model = ReaderNet.from_encoder(source)
+    if settings.init:
+        model.load_state_dict(torch.load(Path(settings.init) / "reader.pt", weights_only=True))
+        log(f"starting from {Path(settings.init) / 'reader.pt'}")
     if settings.freeze_embeddings:
         for parameter in model.encoder.embeddings.parameters():
             parameter.requires_grad = False
@@ -181,7 +188,8 @@ def train(settings: TrainSettings, *, progress: bool = True, log: Callable[[str]
     if checkpoint.exists():
         state = torch.load(checkpoint, weights_only=False)
         # The thread count may change between runs (a busier machine); everything else must match.
-        if {**state["settings"], "threads": 0} != {**asdict(settings), "threads": 0}:
+        made_with = {**asdict(TrainSettings(data="", out="")), **state["settings"], "threads": 0}
+        if made_with != {**asdict(settings), "threads": 0}:
             raise SystemExit(f"error: {checkpoint} was made with other settings; remove it or use another --out")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -230,9 +238,11 @@ def train(settings: TrainSettings, *, progress: bool = True, log: Callable[[str]
     model.eval()
     torch.save(model.state_dict(), out / "reader.pt")
     tokenizer.save_pretrained(out / "tokenizer")
+    earlier = json.loads((Path(settings.init) / "train_settings.json").read_text()) if settings.init else None
     (out / "train_settings.json").write_text(json.dumps({
         **asdict(settings), "steps": total, "pairs": len(pairs), "pair_kinds": kinds,
         "loop_seconds": round(elapsed + time.time() - loop_started), "torch": torch.__version__,
+        **({"init_settings": earlier} if earlier else {}),
     }, indent=2) + "\n")
     rate = (step - first_step) * settings.batch_size / max(1e-9, time.time() - loop_started)
     log(f"trained {total:,} steps in {time.time() - started:.0f} s ({rate:.1f} pairs/s in the loop)")
