@@ -105,6 +105,8 @@ class Assistant:
         self.embedder = embedder or create(settings.model, settings.batch_size, settings.backend, settings.cache_dir)
         self._reader_folder = reader_folder(settings.reader)  # checked now: a missing model is a start-up error
         self._reader: Reader | None = None
+        # Threads the reader runs a question on; None: one per core. Worker processes take a share each.
+        self.reader_threads: int | None = None
         self._snapshot: Snapshot | None = None
         self._lexicon: Lexicon | None = None
         self._build_lock = threading.Lock()
@@ -296,7 +298,7 @@ class Assistant:
     def reader(self) -> Reader | None:
         """The reader model, loaded on first use; None when the settings turn it off."""
         if self._reader is None and self._reader_folder is not None:
-            self._reader = Reader(self._reader_folder)
+            self._reader = Reader(self._reader_folder, self.reader_threads)
         return self._reader
 
     def warm_up(self) -> None:

@@ -32,10 +32,15 @@ if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
 # Texts per forward pass when indexing. sentence-transformers' own default for torch. For ONNX Runtime,
-# small batches of similar length run faster on 2 cores (smaller activations stay in cache): on 600
-# SciFact and SQuAD passages, 75.1 / 75.4 / 68.9 / 67.7 / 53.9 passages/s at batch 4 / 8 / 16 / 32 / 64.
+# one: the int8 model quantises its activations with one scale per forward pass, so a text embedded in
+# a batch gets a vector that depends on its batch mates (components moved by up to 0.027 between two
+# builds of the same SciFact articles grouped differently, and SciFact nDCG@10 by 0.006). One text per
+# pass gives every passage the same vector in a full build, an incremental add and a Ray build, and
+# the same regime as the questions, which are embedded one at a time. Small batches were already the
+# fastest on 2 cores (75.1 / 75.4 / 68.9 / 67.7 / 53.9 passages/s at batch 4 / 8 / 16 / 32 / 64 on 600
+# SciFact and SQuAD passages); see bench/RESULTS.md for one text per pass against eight.
 TORCH_BATCH = 32
-ONNX_BATCH = 8
+ONNX_BATCH = 1
 
 
 class Embedder(Protocol):

@@ -123,6 +123,9 @@ def _worker(settings: Settings, watch: bool, jobs: Path) -> None:
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     limit_threads()
     assistant = Assistant(settings)
+    # N processes each reading with every core would make 2N threads fight over the cores for each
+    # question; each takes its share instead.
+    assistant.reader_threads = reader_share(settings.workers)
     assistant.load()
     assistant.warm_up()
     VersionFollower(assistant).start()
@@ -131,6 +134,11 @@ def _worker(settings: Settings, watch: bool, jobs: Path) -> None:
     listener.listen(2048)
     config = uvicorn.Config(create_app(assistant, watch=watch, shared_jobs=jobs), log_level="info", **server_options())
     uvicorn.Server(config).run(sockets=[listener])
+
+
+def reader_share(workers: int) -> int:
+    """The reader threads of one of `workers` processes on this machine's cores (at least one)."""
+    return max(1, len(os.sched_getaffinity(0)) // max(1, workers))
 
 
 def bind(host: str, port: int) -> socket.socket:

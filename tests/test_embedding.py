@@ -141,6 +141,20 @@ def test_span_vectors_come_from_the_same_pass(cache: Path) -> None:
     assert np.allclose(span_vectors[1][0], model.embed([long[-33:]])[0], atol=1e-5)
 
 
+@pytest.mark.model
+def test_an_int8_vector_does_not_depend_on_the_texts_embedded_beside_it(cache: Path) -> None:
+    model = OnnxEmbedder(cache_dir=cache)  # int8, the default
+    texts = TEXTS + ["The zone covers 3.89 square kilometres. " * 6, "Short."]
+    together = model.embed(texts)
+    alone = np.vstack([model.embed([text, "A companion text that would change a shared scale. " * 3])[0]
+                       for text in texts])
+    reversed_order = model.embed(texts[::-1])[::-1]
+    assert np.array_equal(together, alone) and np.array_equal(together, reversed_order)
+    spans = [[(0, len(t))] for t in texts]
+    passage_vectors, _ = model.embed_spans(texts, spans)
+    assert np.array_equal(passage_vectors[:2], model.embed_spans(texts[:2], spans[:2])[0])
+
+
 def test_outlier_split_gives_the_same_products_and_keeps_outliers_out_of_the_int8_weights() -> None:
     import onnx
     import onnxruntime as ort

@@ -99,11 +99,11 @@ def test_a_ray_build_equals_a_local_build_and_updates_by_content_hash(cluster: s
 def test_a_ray_build_with_the_real_model_equals_a_local_build(cluster: str, tmp_path: Path) -> None:
     docs = tmp_path / "docs"
     shutil.copytree(SEEDS, docs)
-    # fp32: an article's vectors do not depend on the batch it shares (int8 quantises each batch's
-    # activations over the whole batch, so there an article embedded beside others moves up to ~0.02).
-    out = drive(docs, tmp_path / "ray-index", cluster, 1, "packaged:all-MiniLM-L6-v2", "onnx-fp32")
+    # The shipped int8 backend: one text per forward pass, so an article's vectors do not depend on which
+    # articles an actor embedded beside it.
+    out = drive(docs, tmp_path / "ray-index", cluster, 1, "packaged:all-MiniLM-L6-v2", "onnx")
     assert "on 2 Ray actor(s)" in out and "embedded 5" in out
-    settings = make_settings(docs, tmp_path / "local-index", model="packaged:all-MiniLM-L6-v2", backend="onnx-fp32")
+    settings = make_settings(docs, tmp_path / "local-index", model="packaged:all-MiniLM-L6-v2", backend="onnx")
     Assistant(settings).build()
     assert_same_version(tmp_path / "ray-index", tmp_path / "local-index")
     manifest = json.loads((tmp_path / "ray-index" / store.current_version(tmp_path / "ray-index") / store.MANIFEST)

@@ -119,3 +119,12 @@ def test_two_workers_follow_a_build_made_by_another_process(tmp_path: Path, caps
             server.kill()
             server.wait()
     assert server.returncode == 0, log_path.read_text(errors="replace")[-3000:]
+
+
+def test_each_worker_reads_with_its_share_of_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from qa import workers
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    assert [workers.reader_share(n) for n in (1, 2, 3, 8, 16)] == [8, 4, 2, 1, 1]
