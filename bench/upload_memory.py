@@ -140,7 +140,20 @@ def run(server: subprocess.Popen[bytes], url: str, args: argparse.Namespace) -> 
             print(f"POST /documents answered {response.status_code}: {response.text[:300]}")
             return 1
         job_id = response.json()["job_id"]
-        while (job := client.get(f"/jobs/{job_id}").json())["status"] not in ("done", "failed"):
+
+        def poll() -> dict:
+            # A kept-alive connection may be closed by the server as the poll reuses it (its keep-alive timer
+            # fires late when the build keeps its event loop busy); a poll is safe to send again.
+            for attempt in range(5):
+                try:
+                    return client.get(f"/jobs/{job_id}").json()
+                except httpx.TransportError:
+                    if attempt == 4:
+                        raise
+                    time.sleep(0.5)
+            raise AssertionError("unreachable")
+
+        while (job := poll())["status"] not in ("done", "failed"):
             if time.monotonic() - started > args.timeout:
                 break
             time.sleep(1.0)

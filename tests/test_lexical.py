@@ -207,3 +207,27 @@ def test_an_index_without_usable_terms_still_answers_and_the_next_build_adds_the
     assert upgraded.terms is not None and upgraded.bm25 is not None
     assert_same_terms(upgraded.terms, whole_terms(upgraded))
     assert build(settings, odd.embedder).version is None  # and then it is up to date
+
+
+def test_bm25_matrix_equals_the_one_bm25s_builds_from_lists() -> None:
+    import bm25s
+    from bm25s.tokenization import Tokenized
+
+    from qa.lexical import Rows, bm25
+
+    rng = np.random.default_rng(7)
+    lists = [np.sort(rng.integers(0, 400, size=rng.integers(1, 120))).astype(np.int32) for _ in range(500)]
+    lists[3] = np.array([5], dtype=np.int32)  # one token
+    lists[4] = np.array([9, 9, 9, 9], dtype=np.int32)  # one term, repeated
+    offsets = np.zeros(len(lists) + 1, dtype=np.int64)
+    np.cumsum([len(x) for x in lists], out=offsets[1:])
+    numbers = {f"t{i}": i for i in range(450)}  # some terms in no document
+    reference = bm25s.BM25(k1=1.2, b=0.75)
+    reference.index(Tokenized(ids=[x.tolist() for x in lists], vocab=numbers), create_empty_token=False,
+                    show_progress=False)
+    made = bm25(Rows(offsets, np.concatenate(lists)), numbers, 1.2, 0.75)
+    assert type(made) is bm25s.BM25 and made.scores["num_docs"] == 500
+    for key in ("data", "indices", "indptr"):
+        assert np.array_equal(made.scores[key], reference.scores[key]), key
+    query = [numbers["t9"], numbers["t5"], numbers["t200"]]
+    assert np.array_equal(made.get_scores_from_ids(query), reference.get_scores_from_ids(query))
