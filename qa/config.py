@@ -45,7 +45,7 @@ class Settings:
     reader: str = "default"
     # With the reader on, answers whose reader score is below this are not offered. Fitted on held-out
     # SQuAD train articles (see qa/models/reader/README.md).
-    reader_threshold: float = 2.9
+    reader_threshold: float = 1.74
     batch_size: int | None = None  # texts per forward pass when indexing; None: the backend's own default
     max_question_chars: int = 1000
     max_upload_bytes: int = 1_000_000
