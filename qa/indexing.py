@@ -178,13 +178,16 @@ def merged_terms(parts: list[_Part]) -> IndexTerms:
 
 
 def assemble(parts: list[_Part], dimension: int, terms: IndexTerms | None = None, *,
-             release: bool = False) -> IndexData:
+             release: bool = False, staging: store.Staging | None = None) -> IndexData:
     """Concatenate parts, in id order, into one index's arrays and terms (`terms`: merged_terms(parts), if made).
 
     The bm25s indexes are left to the caller: build makes them while this copies arrays and store.write writes.
     `release`: empty each part's arrays once copied (the caller is done with them), so that the new
-    articles' vectors are not held twice while the index's arrays fill.
+    articles' vectors are not held twice while the index's arrays fill. `staging`: stream the vector arrays
+    into the next version's files instead (in the dtype the version stores), and hold them memory-mapped.
     """
+    if staging is not None:
+        return _assemble_staged(parts, dimension, terms, release, staging)
     parts = _in_order(parts)
     chunks, sentences, chunk_sentences = [], [], []
     for part in parts:
@@ -206,6 +209,35 @@ def assemble(parts: list[_Part], dimension: int, terms: IndexTerms | None = None
             part.vectors = part.sentence_vectors = np.zeros((0, dimension), dtype=np.float32)
     return IndexData(documents=documents, chunks=chunks, vectors=vectors, sentences=sentences,
                      sentence_vectors=sentence_vectors, chunk_sentences=chunk_sentences, terms=terms)
+
+
+def _assemble_staged(parts: list[_Part], dimension: int, terms: IndexTerms | None, release: bool,
+                     staging: store.Staging) -> IndexData:
+    """assemble, with the vector arrays streamed part by part into the staging folder's files."""
+    from . import compression
+
+    parts = _in_order(parts)
+    chunks, sentences, chunk_sentences = [], [], []
+    for part in parts:
+        chunk_sentences.extend(_shifted(part.chunk_sentences, len(sentences)))
+        chunks.extend(part.chunks)
+        sentences.extend(part.sentences)
+    documents = {doc.doc_id: doc for p in parts for doc in p.docs}
+    terms = merged_terms(parts) if terms is None else terms
+    dtype = compression.vector_dtype(len(chunks))
+    empty = np.zeros((0, dimension), dtype=np.float32)
+
+    def blocks(name: str) -> Any:
+        for part in parts:
+            yield getattr(part, name)
+            if release:
+                setattr(part, name, empty)
+
+    vectors = staging.rows("vectors.npy", (len(chunks), dimension), dtype, blocks("vectors"))
+    sentence_vectors = staging.rows("sentence_vectors.npy", (len(sentences), dimension), dtype,
+                                    blocks("sentence_vectors"))
+    return IndexData(documents=documents, chunks=chunks, vectors=vectors, sentences=sentences,
+                     sentence_vectors=sentence_vectors, chunk_sentences=chunk_sentences, terms=terms, staged=staging)
 
 
 def _shifted(pairs: list[tuple[int, int]], by: int) -> list[tuple[int, int]]:
@@ -378,13 +410,18 @@ def build(settings: Settings, embedder: Embedder, *, full: bool = False, progres
         check_cancel(cancel)
         terms = merged_terms(parts)
         fields = {"model": model_tag(settings), "chunking": chunking_settings(settings)}
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            # bm25s indexes in Python, holding the GIL, while copying the arrays and writing the version is
-            # mostly memory, file I/O, hashing and FAISS, which release it: on two cores the two overlap.
-            bm25 = pool.submit(lexical.bm25_indexes, terms)
-            data = assemble(parts, embedder.dimension, terms, release=True)
-            release_memory()
-            data = store.write(index_dir, data, fields, base, bm25, cancel)
+        staging = store.Staging(index_dir)
+        try:
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                # The bm25s indexes are made while the arrays are streamed out and the version is written
+                # (file I/O, hashing and FAISS, which release the GIL): on two cores the two overlap.
+                bm25 = pool.submit(lexical.bm25_indexes, terms)
+                data = assemble(parts, embedder.dimension, terms, release=True, staging=staging)
+                release_memory()
+                data = store.write(index_dir, data, fields, base, bm25, cancel)
+        except BaseException:
+            staging.discard()
+            raise
         release_memory()
         return BuildReport(data.version, len(data.documents), len(data.chunks), [d.doc_id for d in changed], removed,
                            skipped, time.perf_counter() - started, full, data)

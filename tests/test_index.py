@@ -370,3 +370,33 @@ def test_a_live_version_not_grouped_by_article_is_rebuilt(assistant: Assistant) 
     report = build(settings, assistant.embedder, current=shuffled, log=logged.append)
     assert any("not grouped by article" in line for line in logged)
     assert len(report.embedded_documents) == len(report.data.documents)  # everything, from scratch
+
+
+def test_large_versions_serve_memory_mapped_vectors_streamed_out_by_the_build(
+        docs_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    questions = ["What is the total area of the Hetao cooperation zone?", "Who bought the data centre?"]
+    small = Assistant(make_settings(docs_dir, tmp_path / "small"))
+    small.build()
+    in_memory = small.snapshot().data
+    assert not isinstance(in_memory.vectors, np.memmap) and not isinstance(in_memory.sentence_vectors, np.memmap)
+    expected = [[(p.doc_id, p.start, p.score) for p in small.ask(q).passages] for q in questions]
+
+    monkeypatch.setattr(store, "MAP_ABOVE_BYTES", 0)  # every version counts as large
+    large = Assistant(make_settings(docs_dir, tmp_path / "large"))
+    large.build()
+    built = large.snapshot().data
+    assert isinstance(built.vectors, np.memmap) and isinstance(built.sentence_vectors, np.memmap)
+    assert np.array_equal(built.vectors, in_memory.vectors)
+    assert np.array_equal(built.sentence_vectors, in_memory.sentence_vectors)
+    assert [[(p.doc_id, p.start, p.score) for p in large.ask(q).passages] for q in questions] == expected
+    # The streamed files are what write() would have written (load checks every file's SHA-256), and no
+    # staging folder is left behind.
+    loaded = store.load(tmp_path / "large")
+    assert isinstance(loaded.vectors, np.memmap) and np.array_equal(loaded.vectors, in_memory.vectors)
+    import io
+
+    for name, array in (("vectors.npy", in_memory.vectors), ("sentence_vectors.npy", in_memory.sentence_vectors)):
+        saved = io.BytesIO()
+        np.save(saved, np.asarray(array))
+        assert (tmp_path / "large" / loaded.version / name).read_bytes() == saved.getvalue()
+    assert not list((tmp_path / "large").glob(".tmp-*"))
