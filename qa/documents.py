@@ -397,8 +397,8 @@ def _html_to_text(raw: str) -> str:
 _PDF_LINE_END = re.compile(r"[.!?:;\"”’)]$")
 
 
-def _pdf_to_text(data: bytes, name: str) -> str:
-    """The text of a PDF's pages, wrapped lines joined into paragraphs (one per line, as clean_lines expects)."""
+def _pdf_pages(data: bytes, name: str) -> list[str]:
+    """The text of each page of a PDF, as pypdf extracts it."""
     import io
 
     from pypdf import PdfReader  # lazily: only PDF articles need it
@@ -410,9 +410,60 @@ def _pdf_to_text(data: bytes, name: str) -> str:
         reader = PdfReader(io.BytesIO(data))
         if reader.is_encrypted:
             raise DocumentError(f"{name} is an encrypted PDF; save an unprotected copy and add that")
-        pages = [page.extract_text() or "" for page in reader.pages]
+        return [page.extract_text() or "" for page in reader.pages]
     except PdfReadError as exc:
         raise DocumentError(f"{name} is not a readable PDF ({exc})") from None
+
+
+def _pdf_child(send: object, data: bytes, name: str) -> None:
+    """In a child process: _pdf_pages, its result or its error sent back."""
+    try:
+        result: tuple[str, object] = ("pages", _pdf_pages(data, name))
+    except DocumentError as exc:
+        result = ("error", str(exc))
+    except Exception as exc:  # noqa: BLE001 - whatever pypdf raises on a malformed file
+        result = ("error", f"{name} is not a readable PDF ({type(exc).__name__}: {exc})")
+    send.send(result)  # type: ignore[attr-defined]
+    send.close()  # type: ignore[attr-defined]
+
+
+def _pdf_pages_within(data: bytes, name: str, seconds: float) -> list[str]:
+    """_pdf_pages in a child process that is killed after `seconds`.
+
+    pypdf is pure Python and cannot be interrupted from inside: a PDF built to be slow to read would
+    hold a build (and the interpreter lock) for as long as it likes. A child process costs about half
+    a second to start, paid only by PDF articles.
+    """
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")  # no fork of a threaded server
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(target=_pdf_child, args=(send, data, name), name="qa-pdf")
+    child.start()
+    send.close()
+    try:
+        if not receive.poll(max(0.0, seconds)):
+            raise DocumentError(f"{name} took over {seconds:.3g} s to read and was stopped; it looks built to be "
+                                "slow to parse: save it as plain text and add it again")
+        kind, value = receive.recv()
+    except EOFError:
+        raise DocumentError(f"{name} could not be read: the PDF reader stopped "
+                            f"(exit code {child.exitcode})") from None
+    finally:
+        if child.is_alive():
+            child.kill()
+        child.join()
+        receive.close()
+    if kind == "error":
+        raise DocumentError(str(value))
+    return list(value)  # type: ignore[call-overload]
+
+
+def _pdf_to_text(data: bytes, name: str, seconds: float | None = None) -> str:
+    """The text of a PDF's pages, wrapped lines joined into paragraphs (one per line, as clean_lines expects).
+
+    `seconds`: read the PDF in a child process stopped after that long (see _pdf_pages_within)."""
+    pages = _pdf_pages(data, name) if seconds is None else _pdf_pages_within(data, name, seconds)
     paragraphs: list[str] = []
     # The paragraph's pieces, joined once at its end: adding each line to one growing string copied
     # the paragraph at every line, in time quadratic in its length.
@@ -472,7 +523,7 @@ def parse(data: bytes, doc_id: str, suffix: str, sidecar: bytes | None = None, *
     """
     name = doc_id + suffix
     check = _deadline(name, budget)
-    raw = _pdf_to_text(data, name) if suffix == ".pdf" else decode(data, name)
+    raw = _pdf_to_text(data, name, budget) if suffix == ".pdf" else decode(data, name)
     stated, raw = _front_matter(raw)
     overrides = checked_metadata(stated, name)
     if suffix in (".html", ".htm"):

@@ -220,6 +220,21 @@ def test_a_pdf_without_text_is_refused_with_a_reason(assistant: Assistant) -> No
         assistant.check_upload(Upload("broken.pdf", b"%PDF-1.4 nothing here"))
 
 
+def test_a_pdf_is_read_in_a_child_process_stopped_at_the_time_budget() -> None:
+    import multiprocessing
+
+    from qa import documents
+
+    made = documents.parse(make_pdf(PDF_LINES), "bridge", ".pdf")
+    assert "bridge" in made.text.lower()
+    # A budget no PDF can meet: the child is stopped and the error says why; no child is left running.
+    started = time.monotonic()
+    with pytest.raises(DocumentError, match="took over 0.001 s to read and was stopped"):
+        documents.parse(make_pdf(PDF_LINES), "bridge", ".pdf", budget=0.001)
+    assert time.monotonic() - started < 5
+    assert not [p for p in multiprocessing.active_children() if p.name == "qa-pdf"]
+
+
 # --- 12. one convention for errors and counts -----------------------------------------------------
 
 def test_error_codes_follow_the_status(client: TestClient) -> None:
