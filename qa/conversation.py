@@ -84,6 +84,14 @@ def is_keywords(question: str) -> bool:
             and not stripped.endswith(("?", ".", "!")))
 
 
+def is_statement(question: str) -> bool:
+    """A claim or a pasted sentence rather than a question or a keyword query: no question mark, no
+    question word or request at its start, and longer than a keyword query or ending in a full stop."""
+    words = re.findall(r"[\w'’]+", question.lower())
+    return bool(words) and not question.rstrip().endswith("?") and words[0] not in _STARTERS \
+        and not is_keywords(question)
+
+
 def as_question(question: str) -> str:
     """A keyword query as the question it stands for; any other text unchanged."""
     text = question.strip()

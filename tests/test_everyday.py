@@ -373,3 +373,13 @@ def test_a_statement_is_searched_as_it_is_not_as_a_keyword_query() -> None:
     long_text = "Shenzhen officials said the border park would open to researchers from both sides next year"
     assert conversation.as_question(long_text) == long_text
     assert conversation.as_question("area of Hetao") == "What is the area of Hetao?"
+
+
+def test_statements_are_told_from_questions_and_keyword_queries() -> None:
+    from qa.conversation import is_statement
+
+    assert is_statement("CX3CR1 on the Th2 cells impairs T cell survival in allergic airway disease")
+    assert is_statement("Vitamin D deficiency is common.")
+    for text in ("What is the total area of the Hetao zone?", "area of Hetao", "Tell me about the loan",
+                 "The zone covers how many square kilometres?"):
+        assert not is_statement(text), text

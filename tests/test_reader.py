@@ -317,3 +317,19 @@ def test_reader_answers_with_the_exact_words(reading, question: str, words: str)
 @pytest.mark.model
 def test_reader_abstains_when_the_articles_do_not_say(reading) -> None:
     assert reading.ask("Who is the president of France?").answer is None
+
+
+@pytest.mark.model
+def test_a_claim_keeps_retrievals_passage_order_and_still_gets_a_sentence(reading) -> None:
+    from dataclasses import replace
+
+    from qa.assistant import Assistant
+
+    claim = "The Hetao cooperation zone covers a total area of about four square kilometres"
+    unread = Assistant(replace(reading.settings, reader="off"))
+    unread.load()
+    read = reading.ask(claim)
+    assert [p.doc_id for p in read.passages] == [p.doc_id for p in unread.ask(claim).passages]
+    assert [p.start for p in read.passages] == [p.start for p in unread.ask(claim).passages]
+    question = reading.ask("What is the total area of the Hetao cooperation zone?")
+    assert question.answer is not None and question.answer.span is not None
