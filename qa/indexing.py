@@ -186,8 +186,6 @@ def assemble(parts: list[_Part], dimension: int, terms: IndexTerms | None = None
     articles' vectors are not held twice while the index's arrays fill. `staging`: stream the vector arrays
     into the next version's files instead (in the dtype the version stores), and hold them memory-mapped.
     """
-    if staging is not None:
-        return _assemble_staged(parts, dimension, terms, release, staging)
     parts = _in_order(parts)
     chunks, sentences, chunk_sentences = [], [], []
     for part in parts:
@@ -196,46 +194,32 @@ def assemble(parts: list[_Part], dimension: int, terms: IndexTerms | None = None
         sentences.extend(part.sentences)
     documents = {doc.doc_id: doc for p in parts for doc in p.docs}
     terms = merged_terms(parts) if terms is None else terms
-    # np.empty's pages are only committed as they are written: filled part by part, while the parts
-    # already copied are released, memory grows by about one part at a time.
-    vectors = np.empty((len(chunks), dimension), dtype=np.float32)
-    sentence_vectors = np.empty((len(sentences), dimension), dtype=np.float32)
-    at, s_at = 0, 0
-    for part in parts:
-        vectors[at:at + len(part.vectors)] = part.vectors
-        sentence_vectors[s_at:s_at + len(part.sentence_vectors)] = part.sentence_vectors
-        at, s_at = at + len(part.vectors), s_at + len(part.sentence_vectors)
-        if release:
-            part.vectors = part.sentence_vectors = np.zeros((0, dimension), dtype=np.float32)
-    return IndexData(documents=documents, chunks=chunks, vectors=vectors, sentences=sentences,
-                     sentence_vectors=sentence_vectors, chunk_sentences=chunk_sentences, terms=terms)
-
-
-def _assemble_staged(parts: list[_Part], dimension: int, terms: IndexTerms | None, release: bool,
-                     staging: store.Staging) -> IndexData:
-    """assemble, with the vector arrays streamed part by part into the staging folder's files."""
-    from . import compression
-
-    parts = _in_order(parts)
-    chunks, sentences, chunk_sentences = [], [], []
-    for part in parts:
-        chunk_sentences.extend(_shifted(part.chunk_sentences, len(sentences)))
-        chunks.extend(part.chunks)
-        sentences.extend(part.sentences)
-    documents = {doc.doc_id: doc for p in parts for doc in p.docs}
-    terms = merged_terms(parts) if terms is None else terms
-    dtype = compression.vector_dtype(len(chunks))
     empty = np.zeros((0, dimension), dtype=np.float32)
 
     def blocks(name: str) -> Any:
+        """Each part's array of that name in turn, emptied once used when `release` says so."""
         for part in parts:
             yield getattr(part, name)
             if release:
                 setattr(part, name, empty)
 
-    vectors = staging.rows("vectors.npy", (len(chunks), dimension), dtype, blocks("vectors"))
-    sentence_vectors = staging.rows("sentence_vectors.npy", (len(sentences), dimension), dtype,
-                                    blocks("sentence_vectors"))
+    if staging is not None:
+        from . import compression
+
+        dtype = compression.vector_dtype(len(chunks))
+        vectors = staging.rows("vectors.npy", (len(chunks), dimension), dtype, blocks("vectors"))
+        sentence_vectors = staging.rows("sentence_vectors.npy", (len(sentences), dimension), dtype,
+                                        blocks("sentence_vectors"))
+    else:
+        # np.empty's pages are only committed as they are written: filled part by part, while the parts
+        # already copied are released, memory grows by about one part at a time.
+        vectors = np.empty((len(chunks), dimension), dtype=np.float32)
+        sentence_vectors = np.empty((len(sentences), dimension), dtype=np.float32)
+        for array, name in ((vectors, "vectors"), (sentence_vectors, "sentence_vectors")):
+            at = 0
+            for block in blocks(name):
+                array[at:at + len(block)] = block
+                at += len(block)
     return IndexData(documents=documents, chunks=chunks, vectors=vectors, sentences=sentences,
                      sentence_vectors=sentence_vectors, chunk_sentences=chunk_sentences, terms=terms, staged=staging)
 
