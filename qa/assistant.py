@@ -445,7 +445,7 @@ class Assistant:
                 # The reader learnt to read questions: a claim keeps retrieval's passage order, and the reader
                 # only picks the sentence and span (on SciFact train claims, reordering by the reader gave
                 # nDCG@10 0.7353 against 0.7382 for retrieval's order).
-                moved = {n: n for n in range(len(hits))}
+                moved: dict[int, int] = {}  # no passage moves
             else:
                 hits, moved = answering.reorder(hits, readings)
             found = answering.choose_read(readings, snapshot.data, moved, settings.reader_threshold)

@@ -88,8 +88,9 @@ def is_statement(question: str) -> bool:
     """A claim or a pasted sentence rather than a question or a keyword query: no question mark, no
     question word or request at its start, and longer than a keyword query or ending in a full stop."""
     words = re.findall(r"[\w'’]+", question.lower())
-    return bool(words) and not question.rstrip().endswith("?") and words[0] not in _STARTERS \
-        and not is_keywords(question)
+    stripped = question.rstrip()
+    return (bool(words) and words[0] not in _STARTERS and not stripped.endswith("?")
+            and (len(words) > MAX_KEYWORDS or stripped.endswith((".", "!"))))
 
 
 def as_question(question: str) -> str:

@@ -36,9 +36,9 @@ if TYPE_CHECKING:
 # a batch gets a vector that depends on its batch mates (components moved by up to 0.027 between two
 # builds of the same SciFact articles grouped differently, and SciFact nDCG@10 by 0.006). One text per
 # pass gives every passage the same vector in a full build, an incremental add and a Ray build, and
-# the same regime as the questions, which are embedded one at a time. Small batches were already the
-# fastest on 2 cores (75.1 / 75.4 / 68.9 / 67.7 / 53.9 passages/s at batch 4 / 8 / 16 / 32 / 64 on 600
-# SciFact and SQuAD passages); see bench/RESULTS.md for one text per pass against eight.
+# the same regime as the questions, which are embedded one at a time. It costs some speed: on 600 SQuAD
+# and SciFact passages on a quiet 2-core machine, 150.5 passages/s one at a time against 172.8 at batch 8
+# (three runs each, interleaved; earlier, batches of 16-64 were slower than 4-8).
 TORCH_BATCH = 32
 ONNX_BATCH = 1
 

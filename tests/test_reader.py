@@ -320,16 +320,15 @@ def test_reader_abstains_when_the_articles_do_not_say(reading) -> None:
 
 
 @pytest.mark.model
-def test_a_claim_keeps_retrievals_passage_order_and_still_gets_a_sentence(reading) -> None:
+def test_a_claim_keeps_retrievals_passage_order(reading) -> None:
     from dataclasses import replace
 
     from qa.assistant import Assistant
 
-    claim = "The Hetao cooperation zone covers a total area of about four square kilometres"
+    # A seed sentence as a claim: reordered by the reader's scores, its passages would come in another order.
+    claim = ("CU Datahub has leveraged the zone's innovative cross-boundary data flow policies to drive "
+             "collaboration between Hong Kong's insurance sector and the mainland's healthcare institutions")
     unread = Assistant(replace(reading.settings, reader="off"))
     unread.load()
-    read = reading.ask(claim)
-    assert [p.doc_id for p in read.passages] == [p.doc_id for p in unread.ask(claim).passages]
-    assert [p.start for p in read.passages] == [p.start for p in unread.ask(claim).passages]
-    question = reading.ask("What is the total area of the Hetao cooperation zone?")
-    assert question.answer is not None and question.answer.span is not None
+    read = reading.ask(claim, top_k=5)
+    assert [(p.doc_id, p.start) for p in read.passages] == [(p.doc_id, p.start) for p in unread.ask(claim, top_k=5).passages]

@@ -215,11 +215,10 @@ class Builder:
         if self.rng.random() < synthetic:
             if self.style >= 2:
                 # One per kind that applies (at most two), each against the gold sentence.
-                options = self.unanswerable_options(question.text, gold, paragraph.article)
                 by_kind: dict[str, tuple[str, str]] = {}
-                for option in options:
+                for option in _natural(self.unanswerable_options(question.text, gold, paragraph.article)):
                     by_kind.setdefault(option[1], option)
-                kinds = sorted(k for k in by_kind if k != ATTRIBUTE) or sorted(by_kind)  # attribute: fallback
+                kinds = sorted(by_kind)
                 self.rng.shuffle(kinds)
                 for kind in kinds[:2]:
                     made.append(Pair(by_kind[kind][0], gold, 0, None, kind))
@@ -239,13 +238,8 @@ class Builder:
 
     def unanswerable(self, question: str, gold: str, article: str) -> tuple[str, str] | None:
         """The question changed so its gold sentence no longer answers it, and how; None if no change applies."""
-        options = self.unanswerable_options(question, gold, article)
-        if not options:
-            return None
-        # A swapped name, number or polarity reads like a real question; a swapped attribute word often
-        # does not, so it is the fallback.
-        natural = [o for o in options if o[1] != ATTRIBUTE]
-        return self.rng.choice(natural or options)
+        options = _natural(self.unanswerable_options(question, gold, article))
+        return self.rng.choice(options) if options else None
 
     def unanswerable_options(self, question: str, gold: str, article: str) -> list[tuple[str, str]]:
         """Every change of the question that its gold sentence no longer answers: (question, kind)."""
@@ -288,6 +282,12 @@ class Builder:
             if year:
                 options.append((question[:-1].rstrip() + f" in {year}?", CONDITION))
         return options
+
+
+def _natural(options: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The changes other than a swapped attribute word, if any: a swapped name, number or polarity reads like a
+    real question, a swapped attribute word often does not, so it is the fallback."""
+    return [o for o in options if o[1] != ATTRIBUTE] or options
 
 
 def split_articles(paragraphs: dict[str, Paragraph], held_out: int) -> tuple[set[str], set[str]]:
