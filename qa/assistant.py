@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from . import answer as answering
-from . import changes, conversation, documents, indexing, store
+from . import changes, conversation, documents, indexing, store, tables
 from . import filters as filtering
 from .config import Settings
 from .conversation import MAX_HISTORY, Query
@@ -397,7 +397,7 @@ class Assistant:
         context_terms = retriever.lexicon.terms(asked.context) if asked.context else None
         allowed = None
         if not filters.empty:
-            allowed = retriever.allowed_rows(filtering.admitted(filters, snapshot.data.documents.values()))
+            allowed = retriever.allowed_rows(filtering.admitted(filters, tables.headings(snapshot.data.documents)))
         ranked = retriever.ranked(None if mode == "lexical" else search, asked.text, mode=mode, rrf_k=settings.rrf_k,
                                   dense_weight=settings.dense_weight, terms=search_terms, allowed=allowed,
                                   context_terms=context_terms, context_weight=settings.context_weight)
@@ -465,15 +465,15 @@ class Assistant:
     def documents(self) -> list[tuple[Document, int]]:
         """Every indexed article with its passage count, in id order."""
         data = self.snapshot().data
-        counts = data.manifest.get("documents", {})
-        return [(doc, counts.get(doc.doc_id, {}).get("passages", 0)) for doc in data.documents.values()]
+        counts = store.passage_counts(data)
+        return [(doc, counts.get(doc.doc_id, 0)) for doc in data.documents.values()]
 
     def document(self, doc_id: str) -> tuple[Document, int]:
         data = self.snapshot().data
         doc = data.documents.get(doc_id)
         if doc is None:
             raise DocumentNotFound(f"no article with id {doc_id!r}")
-        return doc, data.manifest.get("documents", {}).get(doc_id, {}).get("passages", 0)
+        return doc, store.passage_counts(data).get(doc_id, 0)
 
     def stats(self) -> dict[str, Any]:
         snapshot = self._snapshot

@@ -12,6 +12,7 @@ from typing import Any, Iterable, Mapping
 
 from .documents import Document
 from .errors import QuestionError
+from .tables import Heading
 
 KEYS = ("sources", "published_from", "published_to", "doc_ids")
 MAX_VALUES = 100
@@ -30,7 +31,7 @@ class Filters:
     def empty(self) -> bool:
         return not (self.sources or self.published_from or self.published_to or self.doc_ids)
 
-    def admits(self, doc: Document) -> bool:
+    def admits(self, doc: Document | Heading) -> bool:
         """Whether the article may answer; an article with no date is outside any date span."""
         if self.doc_ids and doc.doc_id not in self.doc_ids:
             return False
@@ -96,7 +97,7 @@ def parse(raw: Mapping[str, Any] | Filters | None) -> Filters:
     return found
 
 
-def admitted(filters: Filters, documents: Iterable[Document]) -> set[str]:
+def admitted(filters: Filters, documents: Iterable[Document] | Iterable[Heading]) -> set[str]:
     """Ids of the articles the filters admit; unknown ids in `doc_ids` are an error, not an empty answer."""
     docs = list(documents)
     if filters.doc_ids:

@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from . import changes, documents, lexical, store
+from . import changes, documents, lexical, store, tables
 from .chunking import Chunk, chunk_text, sentence_units
 from .config import Settings
 from .documents import Document
@@ -111,8 +111,8 @@ def split_document(doc: Document, settings: Settings) -> tuple[list[Chunk], list
 def _article_rows(data: IndexData) -> tuple[list[int], list[int]]:
     """Where each article's passage and sentence rows start, and where the last ends (article i: [at[i], at[i + 1]))."""
     ids = list(data.documents)
-    return (_bounds(ids, [chunk.doc_id for chunk in data.chunks], "passages"),
-            _bounds(ids, [doc_id for doc_id, _, _ in data.sentences], "sentences"))
+    return (_bounds(ids, tables.owners(data.chunks), "passages"),
+            _bounds(ids, tables.owners(data.sentences), "sentences"))
 
 
 def _bounds(ids: list[str], owners: list[str], what: str) -> list[int]:
@@ -153,12 +153,18 @@ def _run(data: IndexData, ids: list[str], first: int, last: int, chunk_at: list[
     return _Part(
         docs=[data.documents[doc_id] for doc_id in ids[first:last]],
         chunks=data.chunks[c0:c1],
-        vectors=data.vectors[c0:c1],
+        vectors=_rows(data.vectors, c0, c1),
         sentences=data.sentences[s0:s1],
-        sentence_vectors=data.sentence_vectors[s0:s1],
+        sentence_vectors=_rows(data.sentence_vectors, s0, s1),
         chunk_sentences=_shifted(data.chunk_sentences[c0:c1], -s0),
         terms=terms,
     )
+
+
+def _rows(array: Any, first: int, last: int) -> Any:
+    """Rows [first, last) of a version's array; of a large version's (a store.RowFile), read only when used."""
+    window = getattr(array, "window", None)
+    return window(first, last) if window is not None else array[first:last]
 
 
 def _in_order(parts: list[_Part]) -> list[_Part]:

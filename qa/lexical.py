@@ -88,7 +88,8 @@ class Rows:
     def slice(self, first: int, last: int) -> Rows:
         """Rows [first, last) as their own Rows (the ids are a view, not a copy)."""
         start, stop = int(self.offsets[first]), int(self.offsets[last])
-        return Rows(self.offsets[first:last + 1] - start, self.ids[start:stop])
+        window = getattr(self.ids, "window", None)  # ids read from the file when used (see store.RowFile)
+        return Rows(self.offsets[first:last + 1] - start, window(start, stop) if window else self.ids[start:stop])
 
 
 def rows_of(lists: Iterable[Sequence[int]]) -> Rows:
@@ -187,13 +188,14 @@ def pack(terms: IndexTerms) -> tuple[np.ndarray, np.ndarray]:
 
 
 def unpack(vocabulary: list[str], ids: np.ndarray, offsets: np.ndarray, passages: int, articles: int,
-           sentences: int) -> IndexTerms:
-    """The inverse of pack; ValueError if the arrays do not fit the counts or the vocabulary."""
+           sentences: int, check_ids: bool = True) -> IndexTerms:
+    """The inverse of pack; ValueError if the arrays do not fit the counts or (unless not `check_ids`) the
+    vocabulary."""
     if ids.dtype != np.int32 or offsets.dtype != np.int64 or ids.ndim != 1 or offsets.ndim != 1:
         raise ValueError("term arrays have the wrong type")
     if len(offsets) != passages + articles + sentences + 1 or offsets[0] != 0 or offsets[-1] != len(ids):
         raise ValueError("term offsets do not match the passages, articles and sentences")
-    if len(ids) and (int(ids.min()) < 0 or int(ids.max()) >= len(vocabulary)):
+    if check_ids and len(ids) and (int(ids.min()) < 0 or int(ids.max()) >= len(vocabulary)):
         raise ValueError("a term id is outside the vocabulary")
     if np.any(np.diff(offsets) < 0):
         raise ValueError("term offsets go backwards")
@@ -238,8 +240,15 @@ class SentenceTerms(Sequence[frozenset]):  # type: ignore[type-arg]
         return made
 
 
-def document_frequencies(rows: Rows, n_terms: int) -> np.ndarray:
-    """How many rows hold each term id at least once."""
+def document_frequencies(rows: Rows, n_terms: int, index: Any = None) -> np.ndarray:
+    """How many rows hold each term id at least once.
+
+    `index`, the rows' bm25s index if there is one, holds the answer already: a term's entries in its score
+    matrix are the rows that hold it. Read from there, the term ids (memory-mapped in a large version) stay
+    unread.
+    """
+    if index is not None and len(index.scores["indptr"]) == n_terms + 1 and index.scores["num_docs"] == len(rows):
+        return np.diff(np.asarray(index.scores["indptr"], dtype=np.int64))
     ids = rows.ids
     row_of = np.repeat(np.arange(len(rows), dtype=np.int64), rows.lengths())
     # Ids ascend within a row, so a term's repeats in one row are adjacent.

@@ -4,6 +4,12 @@ Layout: each build is written to a hidden temporary folder, renamed to `v-<time>
 then `CURRENT` (a one-line file naming the live version) is replaced atomically. A crash at any
 moment leaves either the old or the new version named in CURRENT, both complete.
 
+A version holds its articles, passages and sentences as tables (qa/tables.py): the articles' ids,
+sources and dates as JSON columns, their records as JSON Lines with an offsets array, and the passage
+and sentence rows as integer arrays. A version written before the tables (documents.json and
+passages.json) still loads, into the same tables in memory; the next build writes tables. A version
+whose vectors are large is read from its files as questions need rows (RowFile), not into memory.
+
 A version also holds its index terms (vocabulary and term ids, see lexical.py) and the two bm25s
 indexes built from them, so opening it tokenises nothing. A version written before these existed,
 or with another `lexicon_version`, still loads: its terms are then derived from the stored texts
@@ -31,12 +37,12 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import numpy.lib.format as npy
 
-from . import compression
+from . import compression, tables
 from .chunking import Chunk
 from .documents import CLEANING_VERSION, Document
 from .errors import BuildCancelled, IndexBusy, IndexCorrupt, IndexIncompatible, IndexMissing
@@ -47,7 +53,12 @@ FORMAT_VERSION = 1
 CURRENT = "CURRENT"
 LOCK = ".lock"
 MANIFEST = "manifest.json"
-CORE_FILES = ("documents.json", "passages.json", "vectors.npy", "sentence_vectors.npy", "dense.faiss")
+# Articles (columns, records and where each record starts) and passage and sentence rows: see qa/tables.py.
+TABLE_FILES = ("articles.json", "articles.jsonl", "articles.npy", "passages.npy", "sentences.npy")
+CORE_FILES = TABLE_FILES + ("vectors.npy", "sentence_vectors.npy", "dense.faiss")
+# What versions written before the tables held instead of TABLE_FILES: still read (see _read_json_tables).
+JSON_FILES = ("documents.json", "passages.json")
+JSON_CORE_FILES = JSON_FILES + CORE_FILES[len(TABLE_FILES):]
 TERM_FILES = ("terms.json", "term_ids.npy", "term_offsets.npy")
 # bm25s saves an index as five files; each one's name here, by the bm25s.BM25.save argument naming it.
 _BM25_PARTS = {"data_name": "data.npy", "indices_name": "indices.npy", "indptr_name": "indptr.npy",
@@ -95,12 +106,14 @@ class DenseIndex:
 class IndexData:
     """Everything one index version holds, in memory."""
 
-    documents: dict[str, Document]  # in id order
-    chunks: list[Chunk]  # grouped by document, in id order
+    # A loaded version holds tables (qa/tables.py: a DocumentTable, a PassageTable, a SentenceTable and the
+    # passage table's sentence ranges); a build assembles lists, which write() turns into tables.
+    documents: Mapping[str, Document]  # in id order
+    chunks: Sequence[Chunk]  # grouped by document, in id order
     vectors: np.ndarray  # one unit row per chunk
-    sentences: list[tuple[str, int, int]]  # (doc_id, start, end) of every sentence
+    sentences: Sequence[tuple[str, int, int]]  # (doc_id, start, end) of every sentence
     sentence_vectors: np.ndarray  # one unit row per sentence
-    chunk_sentences: list[tuple[int, int]]  # each chunk's [first, last) rows in sentences
+    chunk_sentences: Sequence[Sequence[int]]  # each chunk's [first, last) rows in sentences
     manifest: dict[str, Any] = field(default_factory=dict)
     version: str = ""
     faiss_index: DenseIndex | None = None
@@ -109,6 +122,18 @@ class IndexData:
     # The staging folder a build already streamed the vector arrays into (see Staging): write() commits that
     # folder instead of writing those arrays again.
     staged: Staging | None = field(default=None, repr=False, compare=False)
+
+
+def passage_counts(data: IndexData) -> dict[str, int]:
+    """How many passages each article of the version has, by id."""
+    doc_rows = getattr(data.chunks, "doc_rows", None)
+    if doc_rows is not None and getattr(data.chunks, "documents", None) is data.documents:
+        counts = np.bincount(np.asarray(doc_rows, dtype=np.int64), minlength=len(data.documents)).tolist()
+        return dict(zip(data.documents, counts))
+    found = dict.fromkeys(data.documents, 0)
+    for chunk in data.chunks:
+        found[chunk.doc_id] = found.get(chunk.doc_id, 0) + 1
+    return found
 
 
 def file_sha256(path: Path) -> str:
@@ -182,6 +207,121 @@ class Staging:
 
     def discard(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class _Descriptor:
+    """An open file descriptor, closed when the last RowFile reading through it is gone."""
+
+    def __init__(self, path: Path) -> None:
+        self.fd = os.open(path, os.O_RDONLY)
+
+    def __del__(self) -> None:
+        with contextlib.suppress(AttributeError, OSError):
+            os.close(self.fd)
+
+
+class RowFile:
+    """An .npy file's array, its rows read with pread when indexed, never mapped into the process.
+
+    Indexing gives what indexing the array gives (an int, a slice or an array of rows; a copy). A question
+    reads a few hundred scattered rows of a large version's vectors: memory-mapped, each read maps the pages
+    around it too (up to 2 MB on this kernel: 5,000 random reads of a 2.2 GB file mapped all of it), and the
+    server's resident size grows to the size of its files. Read with pread, only the page cache, shared by
+    every process, holds them; and a file damaged in place gives an error, not a SIGBUS.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        with path.open("rb") as handle:
+            version = npy.read_magic(handle)
+            read_header = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+            shape, fortran, dtype = read_header(handle)
+            header = handle.tell()
+        if fortran or dtype.hasobject:
+            raise ValueError(f"{path.name} is not a C-ordered numeric array")
+        self.dtype = np.dtype(dtype)
+        self._row_shape = tuple(shape[1:])
+        self._row_bytes = self.dtype.itemsize * int(np.prod(self._row_shape, dtype=np.int64))
+        if path.stat().st_size != header + shape[0] * self._row_bytes:
+            raise ValueError(f"{path.name} is not as long as its header says")
+        self._offset = header  # of this array's row 0 in the file
+        self.shape = tuple(shape)
+        self._file = _Descriptor(path)  # shared with windows
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def window(self, start: int, stop: int) -> RowFile:
+        """Rows [start, stop) as a RowFile of their own (same file, same descriptor), reading nothing now."""
+        if not 0 <= start <= stop <= len(self):
+            raise IndexError(f"rows {start}:{stop} of {len(self)}")
+        part = object.__new__(RowFile)
+        part.__dict__.update(self.__dict__)
+        part._offset = self._offset + start * self._row_bytes
+        part.shape = (stop - start, *self._row_shape)
+        return part
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, (int, np.integer)):
+            row = int(key) + (len(self) if key < 0 else 0)
+            if not 0 <= row < len(self):
+                raise IndexError(f"row {int(key)} of {len(self)}")
+            return self._read(row, row + 1)[0]
+        if isinstance(key, slice):
+            start, stop, step = key.indices(len(self))
+            if step == 1:
+                return self._read(start, max(start, stop))
+            key = np.arange(start, stop, step)
+        rows = np.asarray(key)
+        if rows.dtype == bool:
+            rows = np.flatnonzero(rows)
+        rows = rows.astype(np.int64, copy=False).reshape(-1)
+        rows = np.where(rows < 0, rows + len(self), rows)
+        if len(rows) and (rows.min() < 0 or rows.max() >= len(self)):
+            raise IndexError(f"a row is outside the {len(self)} rows")
+        return self._take(rows)
+
+    def _take(self, rows: np.ndarray) -> np.ndarray:
+        """These rows, in this order: each run of consecutive rows read with one pread."""
+        if not len(rows):
+            return np.empty((0, *self._row_shape), dtype=self.dtype)
+        unique, inverse = np.unique(rows, return_inverse=True)
+        found = np.empty((len(unique), *self._row_shape), dtype=self.dtype)
+        bytes_ = found.reshape(-1).view(np.uint8)
+        breaks = np.flatnonzero(np.diff(unique) != 1) + 1
+        for first, last in zip(np.concatenate([[0], breaks]).tolist(), np.concatenate([breaks, [len(unique)]]).tolist()):
+            self._pread(bytes_[first * self._row_bytes:last * self._row_bytes], int(unique[first]))
+        return found[inverse.reshape(-1)]
+
+    def _read(self, start: int, stop: int) -> np.ndarray:
+        found = np.empty((stop - start, *self._row_shape), dtype=self.dtype)
+        if stop > start:
+            self._pread(found.reshape(-1).view(np.uint8), start)
+        return found
+
+    def _pread(self, into: np.ndarray, row: int) -> None:
+        wanted, at = len(into), self._offset + row * self._row_bytes
+        done = 0
+        while done < wanted:
+            got = os.preadv(self._file.fd, [memoryview(into[done:])], at + done)
+            if got <= 0:
+                raise OSError(f"{self.path.name} ends early: it was damaged after it was opened")
+            done += got
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        whole = self._read(0, len(self))
+        return whole if dtype is None else whole.astype(dtype, copy=False)
+
+    def astype(self, dtype: Any, copy: bool = True) -> np.ndarray:
+        return np.asarray(self).astype(dtype, copy=copy)
 
 
 def _fsync_file(path: Path) -> None:
@@ -307,29 +447,6 @@ def compatibility(model: str, dimension: int | None, chunking: dict[str, int]) -
     }
 
 
-def _document_record(doc: Document, passages: int) -> dict[str, Any]:
-    return {
-        "doc_id": doc.doc_id, "title": doc.title, "source": doc.source, "published": doc.published,
-        "url": doc.url, "content_hash": doc.content_hash, "passages": passages, "text": doc.text,
-    }
-
-
-def _passages_json(data: IndexData) -> bytes:
-    """passages.json: what json.dumps gives for {"passages": [...], "sentences": [...]}, formatted directly.
-
-    Each passage as a dict and each sentence as a list would be 100,000 containers for the garbage
-    collector to walk, and three times as slow; tests/test_index.py checks the bytes against json.dumps.
-    """
-    quoted = {doc_id: json.dumps(doc_id) for doc_id in data.documents}
-    passages = ", ".join([
-        f'{{"doc_id": {quoted[c.doc_id]}, "position": {c.position:d}, "start": {c.start:d}, "end": {c.end:d}, '
-        f'"sentences": [{first:d}, {last:d}]}}'
-        for c, (first, last) in zip(data.chunks, data.chunk_sentences)
-    ])
-    sentences = ", ".join([f"[{quoted[doc_id]}, {start:d}, {end:d}]" for doc_id, start, end in data.sentences])
-    return f'{{"passages": [{passages}], "sentences": [{sentences}]}}'.encode()
-
-
 def write(index_dir: Path, data: IndexData, settings_fields: dict[str, Any], base: IndexData | None = None,
           bm25: Future[Bm25Indexes | None] | None = None, cancel: threading.Event | None = None) -> IndexData:
     """Write a new version beside the live one and make it live; returns it as load() would give it.
@@ -344,9 +461,7 @@ def write(index_dir: Path, data: IndexData, settings_fields: dict[str, Any], bas
     staged = data.staged or Staging(index_dir)
     name, staging = staged.name, staged.folder
     try:
-        counts: dict[str, int] = {}
-        for chunk in data.chunks:
-            counts[chunk.doc_id] = counts.get(chunk.doc_id, 0) + 1
+        counts = passage_counts(data)
         files, dense = _write_core(staging, data, counts, base, staged.hashes)
         files.update(_write_terms(staging, data.terms))
         if bm25 is not None:
@@ -379,21 +494,39 @@ def write(index_dir: Path, data: IndexData, settings_fields: dict[str, Any], bas
         shutil.rmtree(staging, ignore_errors=True)
         raise
     _prune(index_dir, keep={name})
-    live = replace(data, manifest=manifest, version=name, faiss_index=dense, staged=None)
+    folder = index_dir / name
+    mapped = maps(folder, dense.kind == compression.KIND)
+    documents, chunks, sentences = open_tables(folder, mapped)
+    live = replace(data, documents=documents, chunks=chunks, sentences=sentences,
+                   chunk_sentences=chunks.sentence_ranges, manifest=_lean(manifest), version=name, faiss_index=dense,
+                   staged=None)
     if data.staged is not None:
         # As load() would open them (mapped afresh when large: the pages the FAISS build read stay in the page
         # cache, out of this process's memory).
-        vectors, sentence_vectors = open_vectors(index_dir / name, dense.kind == compression.KIND)
+        vectors, sentence_vectors = open_vectors(folder, mapped)
         live = replace(live, vectors=vectors, sentence_vectors=sentence_vectors)
     return live
+
+
+def _lean(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The manifest as a loaded version keeps it: without its per-article entries (the tables hold those;
+    at a million passages the entries are 400,000 dicts)."""
+    return {key: value for key, value in manifest.items() if key != "documents"}
 
 
 # Vector files larger than this (together) are served memory-mapped rather than read into memory.
 MAP_ABOVE_BYTES = 64 << 20
 
 
-def open_vectors(folder: Path, compressed: bool) -> tuple[np.ndarray, np.ndarray]:
-    """A version's passage and sentence vectors: read into memory, or memory-mapped when compressed or large.
+def maps(folder: Path, compressed: bool) -> bool:
+    """Whether a version is served memory-mapped (see open_vectors): when compressed or its vectors are large."""
+    paths = (folder / "vectors.npy", folder / "sentence_vectors.npy")
+    return compressed or sum(path.stat().st_size for path in paths) > MAP_ABOVE_BYTES
+
+
+def open_vectors(folder: Path, mapped: bool) -> tuple[np.ndarray, np.ndarray]:
+    """A version's passage and sentence vectors: read into memory, or memory-mapped when compressed or large
+    (`mapped`, see maps()).
 
     Mapped, a question reads the few hundred rows it needs and the page cache (shared by every process serving
     the version) holds them, not each process (64 MB is about 10,000 passages with their sentences; SciFact's
@@ -402,23 +535,87 @@ def open_vectors(folder: Path, compressed: bool) -> tuple[np.ndarray, np.ndarray
     from memory, as a version read into memory does.
     """
     paths = (folder / "vectors.npy", folder / "sentence_vectors.npy")
-    mapped = compressed or sum(path.stat().st_size for path in paths) > MAP_ABOVE_BYTES
-    vectors, sentence_vectors = (np.load(path, allow_pickle=False, mmap_mode="r" if mapped else None) for path in paths)
+    vectors, sentence_vectors = (_array(path, mapped) for path in paths)
     return vectors, sentence_vectors
+
+
+def _array(path: Path, mapped: bool) -> Any:
+    """An .npy file's array: read into memory, or as a RowFile when `mapped` (a large version)."""
+    return RowFile(path) if mapped else np.load(path, allow_pickle=False)
+
+
+def _write_tables(folder: Path, data: IndexData, counts: dict[str, int]) -> dict[str, str]:
+    """Save the articles and the passage and sentence rows (TABLE_FILES); returns each file's SHA-256 by name."""
+    docs = list(data.documents.values())
+    columns = {"doc_id": [d.doc_id for d in docs], "source": [d.source for d in docs],
+               "published": [d.published for d in docs]}
+    records, offsets = tables.encode_records(tables.record(d, counts.get(d.doc_id, 0)) for d in docs)
+    del docs
+    return {"articles.json": _fsync_write(folder / "articles.json", json.dumps(columns, ensure_ascii=False).encode()),
+            "articles.jsonl": _fsync_write(folder / "articles.jsonl", records),
+            "articles.npy": _fsync_array(folder / "articles.npy", offsets),
+            "passages.npy": _fsync_array(folder / "passages.npy",
+                                         tables.passage_rows(data.chunks, data.chunk_sentences, data.documents)),
+            "sentences.npy": _fsync_array(folder / "sentences.npy", tables.sentence_rows(data.sentences, data.documents))}
+
+
+def open_tables(folder: Path, mapped: bool) -> tuple[tables.DocumentTable, tables.PassageTable, tables.SentenceTable]:
+    """A version's articles, passages and sentences (TABLE_FILES), memory-mapped when `mapped`.
+
+    ValueError if they do not fit together: rows pointing outside the articles or sentences, records that do not
+    cover their file.
+    """
+    columns = json.loads((folder / "articles.json").read_text(encoding="utf-8"))
+    ids, sources, published = columns["doc_id"], columns["source"], columns["published"]
+    path = folder / "articles.jsonl"
+    size = path.stat().st_size
+    records: Any = np.memmap(path, dtype=np.uint8, mode="r") if mapped and size else path.read_bytes()
+    offsets = _array(folder / "articles.npy", False)
+    # A tenth of the vectors' size at most: memory-mapped (questions index them by row and column).
+    passages, sentences = (np.load(folder / name, allow_pickle=False, mmap_mode="r" if mapped else None)
+                           for name in ("passages.npy", "sentences.npy"))
+    if offsets.ndim != 1 or len(offsets) != len(ids) + 1 or offsets[0] != 0 or offsets[-1] != size \
+            or np.any(np.diff(offsets) <= 0):
+        raise ValueError("the article records do not match their offsets")
+    for name, rows, width in (("passage", passages, tables.PASSAGE_COLUMNS), ("sentence", sentences,
+                                                                             tables.SENTENCE_COLUMNS)):
+        if rows.ndim != 2 or rows.shape[1] != width or rows.dtype != np.int64:
+            raise ValueError(f"the {name} rows have the wrong shape or type")
+        if len(rows) and (rows[:, 0].min() < 0 or rows[:, 0].max() >= len(ids)):
+            raise ValueError(f"a {name} row names no article")
+    if len(passages) and (passages[:, 4].min() < 0 or passages[:, 5].max() > len(sentences)
+                          or np.any(passages[:, 5] < passages[:, 4])):
+        raise ValueError("a passage's sentence rows are out of range")
+    documents = tables.DocumentTable(ids, sources, published, records, offsets)
+    sentence_table = tables.SentenceTable(documents.ids, sentences)
+    return documents, tables.PassageTable(documents, passages, sentence_table), sentence_table
+
+
+def _read_json_tables(folder: Path) -> tuple[tables.DocumentTable, tables.PassageTable, tables.SentenceTable]:
+    """The tables of a version written before them, from its documents.json and passages.json (held in memory)."""
+    records = json.loads((folder / "documents.json").read_text(encoding="utf-8"))
+    stored = json.loads((folder / "passages.json").read_text(encoding="utf-8"))
+    docs = [Document(r["doc_id"], r["title"], r["source"], r["published"], r["url"], r["text"], r["content_hash"])
+            for r in records]
+    documents = tables.DocumentTable.of(docs, {r["doc_id"]: r["passages"] for r in records})
+    row_of = {doc_id: row for row, doc_id in enumerate(documents.ids)}
+    sentence_rows = np.array([(row_of[d], s, e) for d, s, e in stored["sentences"]], dtype=np.int64)
+    passage_rows = np.array([(row_of[p["doc_id"]], p["position"], p["start"], p["end"], *p["sentences"])
+                             for p in stored["passages"]], dtype=np.int64)
+    sentence_table = tables.SentenceTable(documents.ids, sentence_rows.reshape(-1, tables.SENTENCE_COLUMNS))
+    return (documents, tables.PassageTable(documents, passage_rows.reshape(-1, tables.PASSAGE_COLUMNS), sentence_table),
+            sentence_table)
 
 
 def _write_core(folder: Path, data: IndexData, counts: dict[str, int], base: IndexData | None,
                 written: dict[str, str]) -> tuple[dict[str, str], DenseIndex]:
-    """Save the texts, passages, vectors and FAISS index; returns each file's SHA-256 by name, and the FAISS index.
+    """Save the articles, passages, vectors and FAISS index; returns each file's SHA-256 by name, and the FAISS index.
 
     `written`: files a build has already streamed into the folder (see Staging), with their SHA-256.
     """
     import faiss
 
-    documents = [_document_record(doc, counts.get(doc.doc_id, 0)) for doc in data.documents.values()]
-    hashes = {"documents.json": _fsync_write(folder / "documents.json",
-                                             json.dumps(documents, ensure_ascii=False).encode()),
-              "passages.json": _fsync_write(folder / "passages.json", _passages_json(data)), **written}
+    hashes = {**_write_tables(folder, data, counts), **written}
     for filename, array in (("vectors.npy", data.vectors), ("sentence_vectors.npy", data.sentence_vectors)):
         if filename not in written:
             hashes[filename] = _fsync_array(folder / filename,
@@ -523,8 +720,9 @@ def load(index_dir: Path, verify: bool = True) -> IndexData:
     # Term files count only when written by this lexicon; otherwise terms are derived from the texts.
     has_terms = manifest.get("lexicon_version") == LEXICON_VERSION and all(name in listed for name in TERM_FILES)
     has_bm25 = has_terms and all(name in listed for name in BM25_FILES)
-    expected = CORE_FILES + (TERM_FILES if has_terms else ()) + (BM25_FILES if has_bm25 else ())
-    expected += (LABELS,) if LABELS in listed else ()
+    has_tables = all(name in listed for name in TABLE_FILES)
+    expected = (CORE_FILES if has_tables else JSON_CORE_FILES) + (TERM_FILES if has_terms else ())
+    expected += (BM25_FILES if has_bm25 else ()) + ((LABELS,) if LABELS in listed else ())
     if verify:
         missing = [name for name in expected if not (folder / name).is_file()]
         if missing:
@@ -533,37 +731,26 @@ def load(index_dir: Path, verify: bool = True) -> IndexData:
             if listed.get(filename) != file_sha256(folder / filename):
                 raise IndexCorrupt(f"index file {filename} is damaged (checksum mismatch); {rebuild}")
     try:
-        records = json.loads((folder / "documents.json").read_text(encoding="utf-8"))
-        stored = json.loads((folder / "passages.json").read_text(encoding="utf-8"))
         compressed = manifest.get("faiss") == compression.KIND
-        vectors, sentence_vectors = open_vectors(folder, compressed)
+        mapped = maps(folder, compressed)
+        documents, chunks, sentences = open_tables(folder, mapped) if has_tables else _read_json_tables(folder)
+        vectors, sentence_vectors = open_vectors(folder, mapped)
         faiss_index = _read_dense(folder, LABELS in listed, compressed)
-    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
         raise IndexCorrupt(f"index in {folder} cannot be read ({exc}); {rebuild}") from None
-    documents = {}
-    for r in records:
-        documents[r["doc_id"]] = Document(
-            r["doc_id"], r["title"], r["source"], r["published"], r["url"], r["text"], r["content_hash"]
-        )
-    sentences = [(d, s, e) for d, s, e in stored["sentences"]]
-    chunks = []
-    chunk_sentences = []
-    for p in stored["passages"]:
-        text = documents[p["doc_id"]].text
-        first, last = p["sentences"]
-        spans = tuple((s, e) for _, s, e in sentences[first:last])
-        chunks.append(Chunk(p["doc_id"], p["position"], p["start"], p["end"], text[p["start"]:p["end"]], spans))
-        chunk_sentences.append((first, last))
     if len(chunks) != len(vectors) or faiss_index.ntotal != len(chunks) or len(sentences) != len(sentence_vectors):
         raise IndexCorrupt(f"index in {folder} has mismatched parts; {rebuild}")
     terms = None
     if has_terms:
         try:
-            terms = _read_terms(folder, len(chunks), len(documents), len(sentences))
+            # Mapped term ids are range-checked by their checksum only: reading all of them would bring every
+            # page of the file into this process.
+            terms = _read_terms(folder, len(chunks), len(documents), len(sentences), mapped and verify)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise IndexCorrupt(f"index terms in {folder} cannot be read ({exc}); {rebuild}") from None
-    return IndexData(documents, chunks, vectors, sentences, sentence_vectors, chunk_sentences,
-                     manifest, manifest["version"], faiss_index, terms, _read_bm25(folder) if has_bm25 else None)
+    return IndexData(documents, chunks, vectors, sentences, sentence_vectors, chunks.sentence_ranges,
+                     _lean(manifest), manifest["version"], faiss_index, terms,
+                     _read_bm25(folder, mapped) if has_bm25 else None)
 
 
 def _read_dense(folder: Path, labelled: bool, compressed: bool = False) -> DenseIndex:
@@ -581,20 +768,27 @@ def _read_dense(folder: Path, labelled: bool, compressed: bool = False) -> Dense
     return DenseIndex(index, rows.astype(np.int64, copy=False))
 
 
-def _read_terms(folder: Path, passages: int, articles: int, sentences: int) -> IndexTerms:
+def _read_terms(folder: Path, passages: int, articles: int, sentences: int, mapped: bool = False) -> IndexTerms:
+    """The stored terms; `mapped`: the term ids memory-mapped, and not range-checked one by one."""
     vocabulary = json.loads((folder / "terms.json").read_text(encoding="utf-8"))["vocabulary"]
     if not isinstance(vocabulary, list):
         raise ValueError("the vocabulary is not a list")
-    ids = np.load(folder / "term_ids.npy", allow_pickle=False)
+    ids = _array(folder / "term_ids.npy", mapped)
     offsets = np.load(folder / "term_offsets.npy", allow_pickle=False)
-    return unpack(vocabulary, ids, offsets, passages, articles, sentences)
+    return unpack(vocabulary, ids, offsets, passages, articles, sentences, check_ids=not mapped)
 
 
-def _read_bm25(folder: Path) -> Bm25Indexes | None:
-    """The stored bm25s indexes, or None if this bm25s cannot read them (they are then built from the terms)."""
+def _read_bm25(folder: Path, mapped: bool = False) -> Bm25Indexes | None:
+    """The stored bm25s indexes (memory-mapped when `mapped`), or None if this bm25s cannot read them (they are
+    then built from the terms)."""
     bm25s = import_bm25s()
     try:
-        passages, articles = (bm25s.BM25.load(folder, show_progress=False, **_bm25_names(kind)) for kind in _BM25_KINDS)
+        passages, articles = (bm25s.BM25.load(folder, show_progress=False, mmap=mapped, **_bm25_names(kind))
+                              for kind in _BM25_KINDS)
+        if mapped:  # a question reads its terms' entries: read them with pread, as the vectors (see RowFile)
+            for kind, index in zip(_BM25_KINDS, (passages, articles)):
+                for key, argument in (("data", "data_name"), ("indices", "indices_name")):
+                    index.scores[key] = RowFile(folder / _bm25_names(kind)[argument])
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return Bm25Indexes(passages, articles)

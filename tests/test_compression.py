@@ -28,15 +28,15 @@ def manifest(settings: Settings) -> dict[str, object]:
     return json.loads((settings.index_dir / store.current_version(settings.index_dir) / store.MANIFEST).read_text())
 
 
-def test_a_compressed_version_is_ivf_sq8_with_float16_vectors_opened_memory_mapped(
+def test_a_compressed_version_is_ivf_sq8_with_float16_vectors_read_from_its_files(
         compressed: None, settings: Settings) -> None:
     helper = Assistant(settings)
     helper.build()
     assert manifest(settings)["faiss"] == compression.KIND
     helper.load()  # from disk, as a server opens it
     data = helper.snapshot().data
-    assert isinstance(data.vectors, np.memmap) and data.vectors.dtype == np.float16
-    assert isinstance(data.sentence_vectors, np.memmap) and data.sentence_vectors.dtype == np.float16
+    assert isinstance(data.vectors, store.RowFile) and data.vectors.dtype == np.float16
+    assert isinstance(data.sentence_vectors, store.RowFile) and data.sentence_vectors.dtype == np.float16
     assert data.faiss_index is not None and data.faiss_index.kind == compression.KIND
     # Each passage's own vector finds that passage first: the codes propose, stored vectors score.
     scores, rows = data.faiss_index.search(np.asarray(data.vectors, dtype=np.float32), 1)

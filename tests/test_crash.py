@@ -276,7 +276,7 @@ def test_a_damaged_index_is_reported_by_the_cli_and_healed_by_qa_index(
         capsys: pytest.CaptureFixture[str]) -> None:
     settings, copy, expected = pristine
     folder = _restore(settings, copy)
-    (folder / "passages.json").write_bytes((folder / "passages.json").read_bytes()[:-10])
+    (folder / "passages.npy").write_bytes((folder / "passages.npy").read_bytes()[:-10])
     for key in [k for k in os.environ if k.startswith("QA_")]:
         monkeypatch.delenv(key)
     for key, value in qa_env(settings.docs_dir, settings.index_dir).items():

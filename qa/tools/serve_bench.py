@@ -63,8 +63,12 @@ def measure(workers: int, args: argparse.Namespace, questions: list[str]) -> dic
         asyncio.run(_clients(port, questions[:args.clients * 4], args.clients))  # warm every connection's worker
         pids = workers_of(args.cache / f"serve-{workers}.log") or [process.pid]
         cpu_before = {pid: proc_cpu_seconds(pid) for pid in pids}
+        supervisor_before = proc_cpu_seconds(process.pid) if process.pid not in pids else 0.0
+        clients_before = time.process_time()
         latencies, wall = asyncio.run(_clients(port, questions[args.clients * 4:], args.clients))
+        clients_cpu = time.process_time() - clients_before
         cpu = [proc_cpu_seconds(pid) - cpu_before[pid] for pid in pids]
+        supervisor = proc_cpu_seconds(process.pid) - supervisor_before if process.pid not in pids else 0.0
     finally:
         process.send_signal(signal.SIGINT)
         try:
@@ -75,17 +79,22 @@ def measure(workers: int, args: argparse.Namespace, questions: list[str]) -> dic
     return {"workers": workers, "requests": len(latencies), "rps": len(latencies) / wall,
             "p50_ms": percentile(latencies, 50) * 1000, "p95_ms": percentile(latencies, 95) * 1000,
             "cpu_ms_per_request": sum(cpu) / len(latencies) * 1000,
-            "cpu_share": " / ".join(f"{c / sum(cpu):.0%}" for c in cpu) if sum(cpu) else "-"}
+            "cpu_share": " / ".join(f"{c / sum(cpu):.0%}" for c in cpu) if sum(cpu) else "-",
+            # Cores kept busy during the timed run: by the server (workers and any supervisor) and by the clients
+            # (this process). On a machine where they share the cores, their sum says how much room is left.
+            "server_cores": (sum(cpu) + supervisor) / wall, "client_cores": clients_cpu / wall}
 
 
 def render(rows: list[dict[str, float]], args: argparse.Namespace) -> str:
     lines = [f"`qa bench --workers {args.workers}` at {git_commit()}, {cores()} cores, load average {load_average()}, "
              f"{args.clients} keep-alive clients on loopback, {rows[0]['requests']} distinct questions per level:", "",
-             "| workers | requests/s | p50 ms | p95 ms | CPU ms per request | CPU share per worker |",
-             "|---|---|---|---|---|---|"]
+             "| workers | requests/s | p50 ms | p95 ms | CPU ms per request | CPU share per worker | "
+             "server cores busy | client cores busy |",
+             "|---|---|---|---|---|---|---|---|"]
     for row in rows:
         lines.append(f"| {row['workers']} | {row['rps']:.1f} | {row['p50_ms']:.1f} | {row['p95_ms']:.1f} | "
-                     f"{row['cpu_ms_per_request']:.2f} | {row['cpu_share']} |")
+                     f"{row['cpu_ms_per_request']:.2f} | {row['cpu_share']} | {row['server_cores']:.2f} | "
+                     f"{row['client_cores']:.2f} |")
     return "\n".join(lines)
 
 
