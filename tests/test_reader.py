@@ -286,6 +286,19 @@ def test_shipped_reader_loads_offline_and_scores_a_fixed_batch_as_recorded() -> 
     assert [s[r.start:r.end] for s, r in zip(FIXED_SENTENCES, readings)] == FIXED_SPANS
 
 
+def test_a_question_read_alone_or_beside_another_gets_the_same_scores() -> None:
+    """The reader's two sessions (every core for a lone question, one thread beside another) agree."""
+    from qa.reader import Reader
+
+    reader = Reader(resolve_folder("default"), threads=2)
+    alone = reader.raw(FIXED_QUESTION, FIXED_SENTENCES, alone=True)
+    beside = reader.raw(FIXED_QUESTION, FIXED_SENTENCES, alone=False)
+    wide, narrow = reader._sessions or (None, None)
+    assert wide is not narrow  # two sessions were really used
+    for a, b in zip(alone[:3], beside[:3]):
+        assert np.array_equal(a, b)  # int8 kernels split the work, not the sums, over threads
+
+
 @pytest.fixture(scope="module")
 def reading(tmp_path_factory: pytest.TempPathFactory):
     """The real assistant with the packaged embedder and the shipped reader, on the pinned seeds."""
