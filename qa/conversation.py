@@ -8,7 +8,9 @@ that names its own subject and has no pronoun or leading "and" stands on its own
 as if there were no history.
 
 A keyword query ("area of Hetao") has no question word; it is searched as the question it stands
-for ("What is the area of Hetao?"), so the answer step knows what kind of answer is wanted.
+for ("What is the area of Hetao?"), so the answer step knows what kind of answer is wanted; a noun that
+says what is asked takes its question word ("Shenzhen mayor" -> "Who is the Shenzhen mayor?", "number of
+patents" -> "How many patents?").
 """
 
 from __future__ import annotations
@@ -93,12 +95,42 @@ def is_statement(question: str) -> bool:
             and (len(words) > MAX_KEYWORDS or stripped.endswith((".", "!"))))
 
 
+# A keyword query that opens with a noun saying what kind of answer is wanted is asked with the question word
+# that noun stands for: "number of patents" -> "How many patents?", "date X opened" -> "When X opened?".
+_CUES = (
+    (re.compile(r"^(?:number|count)\s+of\s+", re.IGNORECASE), "How many "),
+    (re.compile(r"^amount\s+of\s+", re.IGNORECASE), "How much "),
+    (re.compile(r"^date\s+(?:of\s+|when\s+)?", re.IGNORECASE), "When "),
+    (re.compile(r"^(?:year|month|day)\s+(?:of\s+|when\s+|in\s+which\s+)?", re.IGNORECASE), None),
+    (re.compile(r"^(?:location|place)\s+(?:of|where)\s+", re.IGNORECASE), "Where is "),
+    (re.compile(r"^(?:location|place)\s+", re.IGNORECASE), "Where "),
+    (re.compile(r"^(?:reasons?|why)\s+(?:for\s+|of\s+|behind\s+|that\s+|why\s+)?", re.IGNORECASE), "Why "),
+)
+# Nouns for a person: a keyword query whose head is one ("Shenzhen mayor", "author of the report") asks who.
+_PERSON_NOUNS = frozenset("""
+mayor president chairman chairwoman chairperson chair ceo director founder cofounder co-founder author writer leader
+head governor minister secretary king queen emperor prince princess inventor creator designer architect composer
+manager coach captain spokesman spokeswoman spokesperson owner reporter editor premier chancellor dean principal
+professor scientist researcher winner successor predecessor father mother son daughter wife husband
+""".split())
+
 def as_question(question: str) -> str:
     """A keyword query as the question it stands for; any other text unchanged."""
     text = question.strip()
     if not is_keywords(text):
         return text
     body = re.sub(r"^(?:the|a|an)\s+", "", text.rstrip(" ?.!"), flags=re.IGNORECASE)
+    for pattern, opening in _CUES:
+        match = pattern.match(body)
+        if match and match.end() < len(body):
+            rest = body[match.end():]
+            if opening is None:  # "year X was proposed" -> "What year X was proposed?"
+                return f"What {body[:match.end()].split()[0].lower()} {rest}?"
+            return f"{opening}{rest}?"
+    words = body.split()
+    head = words[0] if len(words) > 1 and words[1].lower() == "of" else words[-1]
+    if head.lower() in _PERSON_NOUNS:
+        return f"Who is the {body}?"
     return f"What is the {body}?"
 
 
