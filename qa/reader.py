@@ -50,8 +50,7 @@ class Reader:
     Two sessions of the model: a question read alone runs on every core given (`threads`), and one read
     while another is being read runs on one thread. A lone question is fastest spread over the cores, but
     spread questions read side by side wait on each other's threads: on 2 cores, with 8 clients, every
-    read on both cores answered 51 requests/s, while one thread per read answered 64, and a question
-    read alone took 17 ms on two threads against 24 ms on one (bench/RESULTS.md). The two sessions give
+    read on both cores answered 51 requests/s, and this 69-71 (bench/RESULTS.md). The two sessions give
     the same scores (tests/test_reader.py).
     """
 
