@@ -2,7 +2,10 @@
 
 Each level starts a real server on the same built index, warms every worker, then sends distinct
 questions (none is an answer-cache hit) from `--clients` keep-alive connections and reports requests
-per second, latency percentiles, and the CPU time each worker process spent.
+per second, latency percentiles, and the CPU time each worker process spent. With two workers or more,
+it then measures the version switch: `qa add` in another process writes a new version while the
+clients keep asking, and the switch lag is the time from CURRENT naming it to the last worker logging
+that it serves it. The server runs on a copy of the articles folder, so the folder given is not touched.
 """
 
 from __future__ import annotations
@@ -12,10 +15,13 @@ import asyncio
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Sequence
 
@@ -57,8 +63,48 @@ def start(workers: int, docs_dir: Path, index_dir: Path, log_path: Path, timeout
     return process, port
 
 
+SWITCH_ARTICLE = ("Night ferry resumes\n\nThe overnight ferry to the northern islands sails again on Friday, "
+                  "the harbour office said.\n")
+
+
+def _served_at(log_path: Path, pid: int, version: str) -> float | None:
+    """When (epoch seconds) a worker logged serving this version, from its log line's time stamp."""
+    pattern = rf"^(\S+ \S+) INFO qa\.workers\[{pid}\]: (?:worker serving|now serving) index version {re.escape(version)}$"
+    found = re.search(pattern, log_path.read_text(errors="replace"), re.MULTILINE)
+    return None if found is None else datetime.strptime(found.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+
+def switch_lag(args: argparse.Namespace, port: int, pids: list[int], log_path: Path, questions: list[str],
+               timeout: float = 120) -> dict[str, float]:
+    """A version written by `qa add` in another process while the clients ask: seconds until every worker serves it."""
+    load = threading.Thread(target=lambda: asyncio.run(_clients(port, questions, args.clients)))
+    article = args.cache / "ferry-resumes.txt"
+    article.write_text(SWITCH_ARTICLE, encoding="utf-8")
+    cli = [sys.executable, "-m", "qa.cli"]
+    where = ["--docs", str(args.served_docs), "--index", str(args.index)]
+    load.start()
+    try:
+        subprocess.run([*cli, "add", *where, str(article)], cwd=REPO, check=True, capture_output=True, timeout=300)
+        current = args.index / "CURRENT"
+        written, version = current.stat().st_mtime, current.read_text().strip()
+        asked_during = load.is_alive()
+        deadline = time.monotonic() + timeout
+        while True:
+            seen = [_served_at(log_path, pid, version) for pid in pids]
+            if all(at is not None for at in seen):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"not every worker served {version} within {timeout:.0f} s; see {log_path}")
+            time.sleep(0.05)
+    finally:
+        load.join()
+    subprocess.run([*cli, "remove", *where, article.stem], cwd=REPO, check=True, capture_output=True, timeout=300)
+    return {"switch_s": max(at for at in seen if at is not None) - written, "switch_under_load": asked_during}
+
+
 def measure(workers: int, args: argparse.Namespace, questions: list[str]) -> dict[str, float]:
-    process, port = start(workers, args.docs, args.index, args.cache / f"serve-{workers}.log")
+    log_path = args.cache / f"serve-{workers}.log"
+    process, port = start(workers, args.served_docs, args.index, log_path)
     try:
         asyncio.run(_clients(port, questions[:args.clients * 4], args.clients))  # warm every connection's worker
         pids = workers_of(args.cache / f"serve-{workers}.log") or [process.pid]
@@ -69,6 +115,7 @@ def measure(workers: int, args: argparse.Namespace, questions: list[str]) -> dic
         clients_cpu = time.process_time() - clients_before
         cpu = [proc_cpu_seconds(pid) - cpu_before[pid] for pid in pids]
         supervisor = proc_cpu_seconds(process.pid) - supervisor_before if process.pid not in pids else 0.0
+        switch = switch_lag(args, port, pids, log_path, questions[:args.clients * 40]) if workers > 1 else {}
     finally:
         process.send_signal(signal.SIGINT)
         try:
@@ -82,20 +129,26 @@ def measure(workers: int, args: argparse.Namespace, questions: list[str]) -> dic
             "cpu_share": " / ".join(f"{c / sum(cpu):.0%}" for c in cpu) if sum(cpu) else "-",
             # Cores kept busy during the timed run: by the server (workers and any supervisor) and by the clients
             # (this process). On a machine where they share the cores, their sum says how much room is left.
-            "server_cores": (sum(cpu) + supervisor) / wall, "client_cores": clients_cpu / wall}
+            "server_cores": (sum(cpu) + supervisor) / wall, "client_cores": clients_cpu / wall, **switch}
 
 
 def render(rows: list[dict[str, float]], args: argparse.Namespace) -> str:
     lines = [f"`qa bench --workers {args.workers}` at {git_commit()}, {cores()} cores, load average {load_average()}, "
              f"{args.clients} keep-alive clients on loopback, {rows[0]['requests']} distinct questions per level:", "",
              "| workers | requests/s | p50 ms | p95 ms | CPU ms per request | CPU share per worker | "
-             "server cores busy | client cores busy |",
-             "|---|---|---|---|---|---|---|---|"]
+             "server cores busy | client cores busy | version switch s |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         lines.append(f"| {row['workers']} | {row['rps']:.1f} | {row['p50_ms']:.1f} | {row['p95_ms']:.1f} | "
                      f"{row['cpu_ms_per_request']:.2f} | {row['cpu_share']} | {row['server_cores']:.2f} | "
-                     f"{row['client_cores']:.2f} |")
+                     f"{row['client_cores']:.2f} | {_switch(row)} |")
     return "\n".join(lines)
+
+
+def _switch(row: dict[str, float]) -> str:
+    if "switch_s" not in row:
+        return "-"
+    return f"{row['switch_s']:.2f}" + ("" if row["switch_under_load"] else " (after the clients stopped)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -108,6 +161,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cache", type=Path, default=REPO / "bench/.cache/workers", help="logs")
     args = parser.parse_args(argv)
     levels = [int(n) for n in args.workers.split(",")]
+    args.served_docs = args.cache / "docs"  # a copy: the switch measurement adds and removes an article
+    shutil.rmtree(args.served_docs, ignore_errors=True)
+    shutil.copytree(args.docs, args.served_docs)
     questions = questions_from(args.docs, args.requests + args.clients * 4)
     rows = [measure(n, args, questions) for n in levels]
     print(render(rows, args))
