@@ -349,7 +349,7 @@ def build(settings: Settings, embedder: Embedder, *, full: bool = False, progres
         store.clean_staging(index_dir)
         files = documents.article_files(settings.docs_dir)
         expected = store.compatibility(model_tag(settings), None, chunking_settings(settings))
-        previous: dict[str, Document] = {}  # the articles of `base`
+        previous: Mapping[str, Document] = {}  # the articles of `base`
         base: IndexData | None = None  # the version this build starts from, if any
         rows: tuple[list[int], list[int]] = ([0], [0])  # where base's articles have their rows (_article_rows)
         if not full:
@@ -370,8 +370,8 @@ def build(settings: Settings, embedder: Embedder, *, full: bool = False, progres
         changed: list[Document] = []
         skipped: dict[str, str] = {}
         for path in files:
-            old = previous.get(path.stem)
-            if old is not None and old.content_hash == documents.file_hash(path):
+            known = tables.content_hash(previous, path.stem)
+            if known is not None and known == documents.file_hash(path):
                 kept_ids.add(path.stem)
                 continue
             ready = parsed.get(path.stem) if parsed else None

@@ -57,9 +57,9 @@ def to_embed(settings: Settings, full: bool) -> list[Path]:
         manifest = store.read_manifest(settings.index_dir)
         store.check_compatible(manifest, store.compatibility(indexing.model_tag(settings), None,
                                                               indexing.chunking_settings(settings)))
+        known = store.content_hashes(settings.index_dir)
     except (IndexMissing, IndexCorrupt, IndexIncompatible):  # the build starts from scratch
         return files
-    known = {doc_id: entry.get("content_hash") for doc_id, entry in manifest.get("documents", {}).items()}
     return [path for path in files if known.get(path.stem) != documents.file_hash(path)]
 
 

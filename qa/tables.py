@@ -51,6 +51,14 @@ class Heading(NamedTuple):
     published: str | None
 
 
+def content_hash(documents: Mapping[str, Document], doc_id: str) -> str | None:
+    """An article's content hash, None if absent: from a table's column, decoding no record."""
+    if isinstance(documents, DocumentTable):
+        return documents.content_hash(doc_id)
+    doc = documents.get(doc_id)
+    return None if doc is None else doc.content_hash
+
+
 def headings(documents: Mapping[str, Document]) -> Iterable[Heading] | Iterable[Document]:
     """What filters read of every article: from a table's columns, decoding no record."""
     if isinstance(documents, DocumentTable):
@@ -61,17 +69,18 @@ def headings(documents: Mapping[str, Document]) -> Iterable[Heading] | Iterable[
 class DocumentTable(Mapping[str, Document]):
     """Articles by id, in id order, decoded from their JSON records when read.
 
-    The ids, sources and publication dates are held as lists (filters read them for every article);
-    titles and texts stay in the records.
+    The ids, sources, publication dates and content hashes are held as lists (filters read them for every
+    article, a build compares every hash with the folder's files); titles and texts stay in the records.
     """
 
     def __init__(self, ids: Sequence[str], sources: Sequence[str | None], published: Sequence[str | None],
-                 records: Any, offsets: np.ndarray) -> None:
-        if not len(ids) == len(sources) == len(published) == len(offsets) - 1:
+                 records: Any, offsets: np.ndarray, hashes: Sequence[str]) -> None:
+        if not len(ids) == len(sources) == len(published) == len(hashes) == len(offsets) - 1:
             raise ValueError("the article columns and records do not match")
         self.ids = list(ids)
         self.sources = list(sources)
         self.published = list(published)
+        self.hashes = list(hashes)
         self._records = records  # bytes, or a memory map of the records file
         self._offsets = offsets
         self._row = {doc_id: row for row, doc_id in enumerate(self.ids)}
@@ -82,7 +91,8 @@ class DocumentTable(Mapping[str, Document]):
         """A table held in memory, of these articles (in id order) with their passage counts."""
         docs = list(documents)
         blob, offsets = encode_records(record(d, (passages or {}).get(d.doc_id, 0)) for d in docs)
-        return cls([d.doc_id for d in docs], [d.source for d in docs], [d.published for d in docs], blob, offsets)
+        return cls([d.doc_id for d in docs], [d.source for d in docs], [d.published for d in docs], blob, offsets,
+                   [d.content_hash for d in docs])
 
     def record(self, row: int) -> dict[str, Any]:
         """The stored record of the article in this row."""
@@ -95,6 +105,11 @@ class DocumentTable(Mapping[str, Document]):
     def _decode(self, row: int) -> Document:
         r = self.record(row)
         return Document(r["doc_id"], r["title"], r["source"], r["published"], r["url"], r["text"], r["content_hash"])
+
+    def content_hash(self, doc_id: str) -> str | None:
+        """The article's content hash, None if the version does not hold it; decodes no record."""
+        row = self._row.get(doc_id)
+        return None if row is None else self.hashes[row]
 
     def at(self, row: int) -> Document:
         return self._decoded(int(row))

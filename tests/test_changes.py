@@ -51,7 +51,7 @@ def folder_ids(docs: Path) -> list[str]:
 
 
 def index_ids(index: Path) -> list[str]:
-    return sorted(store.read_manifest(index)["documents"])
+    return sorted(store.content_hashes(index))
 
 
 def leftovers(docs: Path, index: Path) -> list[str]:

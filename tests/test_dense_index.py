@@ -185,7 +185,7 @@ def test_damaged_labels_are_refused(settings: Settings, approximate: None) -> No
         store.load(settings.index_dir)
     # Even with a matching checksum, labels that do not cover every passage once are refused.
     manifest = json.loads((folder / store.MANIFEST).read_text())
-    manifest["files"][store.LABELS] = store.file_sha256(folder / store.LABELS)
+    manifest["files"][store.LABELS] = store.file_checksum(folder / store.LABELS)
     (folder / store.MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(IndexCorrupt, match="qa index --full"):
         store.load(settings.index_dir)

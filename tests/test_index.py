@@ -37,8 +37,10 @@ def test_build_writes_a_complete_manifest(assistant: Assistant) -> None:
     manifest = store.read_manifest(assistant.settings.index_dir)
     assert manifest["model"] == "fake-256" and manifest["dimension"] == 256
     assert manifest["format_version"] == store.FORMAT_VERSION
-    assert set(manifest["documents"]) == {p.stem for p in assistant.settings.docs_dir.glob("*.txt")}
-    assert all(len(entry["content_hash"]) == 64 for entry in manifest["documents"].values())
+    hashes = store.content_hashes(assistant.settings.index_dir)
+    assert set(hashes) == {p.stem for p in assistant.settings.docs_dir.glob("*.txt")}
+    assert all(len(value) == 64 for value in hashes.values())
+    assert manifest["checksum"] == store.CHECKSUM
     assert manifest["chunking"] == {"chunk_chars": 700, "chunk_min_chars": 250, "overlap": 1}
     assert set(manifest["files"]) == set(store.FILES) and manifest["built_at"]
 
@@ -325,7 +327,7 @@ def test_arrays_are_written_as_np_save_writes_them_with_their_checksum(array: np
     digest = store._fsync_array(tmp_path / "ours.npy", array)
     np.save(tmp_path / "numpy.npy", np.ascontiguousarray(array), allow_pickle=False)
     assert (tmp_path / "ours.npy").read_bytes() == (tmp_path / "numpy.npy").read_bytes()
-    assert digest == store.file_sha256(tmp_path / "ours.npy")
+    assert digest == store.file_checksum(tmp_path / "ours.npy")
     assert np.array_equal(np.load(tmp_path / "ours.npy"), array)
 
 

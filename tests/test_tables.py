@@ -69,7 +69,8 @@ def test_filters_read_the_columns_not_the_records() -> None:
 def test_a_record_that_is_not_its_article_is_refused() -> None:
     data = _odd_articles()
     good = tables.DocumentTable.of(data.documents.values())
-    swapped = tables.DocumentTable(list(reversed(good.ids)), good.sources, good.published, good._records, good._offsets)
+    swapped = tables.DocumentTable(list(reversed(good.ids)), good.sources, good.published, good._records, good._offsets,
+                                   good.hashes)
     with pytest.raises(ValueError, match="is not the article"):
         swapped[good.ids[0]]
 
@@ -83,6 +84,10 @@ def test_a_loaded_version_holds_tables_equal_to_what_was_built(assistant: Assist
     for chunk in loaded.chunks:
         assert chunk.text == loaded.documents[chunk.doc_id].text[chunk.start:chunk.end]
     assert "documents" not in loaded.manifest  # the tables hold the per-article entries
+    assert store.content_hashes(assistant.settings.index_dir) == {d: doc.content_hash
+                                                                 for d, doc in loaded.documents.items()}
+    assert [loaded.documents.content_hash(d) for d in loaded.documents] == [doc.content_hash
+                                                                           for doc in loaded.documents.values()]
 
 
 @pytest.mark.parametrize("mapped", [False, True])
@@ -116,9 +121,13 @@ def _as_written_before_tables(folder: Path) -> None:
         (folder / name).unlink()
         del manifest["files"][name]
     for name, value in (("documents.json", records), ("passages.json", stored)):
-        blob = json.dumps(value, ensure_ascii=False).encode()
-        (folder / name).write_bytes(blob)
-        manifest["files"][name] = hashlib.sha256(blob).hexdigest()
+        (folder / name).write_bytes(json.dumps(value, ensure_ascii=False).encode())
+        manifest["files"][name] = ""
+    # Those versions' manifests listed each article, and SHA-256 checksums.
+    manifest["documents"] = {r["doc_id"]: {"content_hash": r["content_hash"], "passages": r["passages"]}
+                             for r in records}
+    del manifest["checksum"]
+    manifest["files"] = {name: hashlib.sha256((folder / name).read_bytes()).hexdigest() for name in manifest["files"]}
     (folder / store.MANIFEST).write_text(json.dumps(manifest))
 
 
@@ -131,6 +140,7 @@ def test_a_version_written_before_the_tables_still_loads_and_answers(assistant: 
     old = store.load(index_dir)
     assert list(old.chunks) == list(expected.chunks) and list(old.sentences) == list(expected.sentences)
     assert dict(old.documents) == dict(expected.documents)
+    assert store.content_hashes(index_dir) == {doc_id: doc.content_hash for doc_id, doc in old.documents.items()}
     fresh = Assistant(assistant.settings, assistant.embedder)
     fresh.load()
     again = fresh.ask(question)

@@ -83,7 +83,7 @@ def held_out_figures(reader_folder: Path, data_root: Path, held_out: int = 20, q
 def write_card(run: Path, target: Path, trained_seconds: float | None = None,
                extra: dict[str, Any] | None = None) -> Path:
     """README.md for an exported reader: data, settings, steps, time, held-out figures, SHA-256."""
-    from ..store import file_sha256
+    from ..store import file_checksum
 
     info = json.loads((run / "train_settings.json").read_text())
     figures = held_out_figures(target, Path(info["data"]), info["held_out_articles"])
@@ -153,7 +153,7 @@ def write_card(run: Path, target: Path, trained_seconds: float | None = None,
     ]
     if extra:
         lines += ["## Fitted on the same held-out articles", "```", json.dumps(extra, indent=1), "```", ""]
-    lines += ["## File", f"- `model.onnx`: {model.stat().st_size / 1e6:.1f} MB, SHA-256 `{file_sha256(model)}`", ""]
+    lines += ["## File", f"- `model.onnx`: {model.stat().st_size / 1e6:.1f} MB, SHA-256 `{file_checksum(model, 'sha256')}`", ""]
     card = target / "README.md"
     card.write_text("\n".join(line for line in lines if line is not None) + "\n")
     return card
