@@ -548,6 +548,8 @@ def content_hashes(index_dir: Path) -> dict[str, str]:
     path = index_dir / manifest.get("version", "") / "articles.json"
     try:
         columns = json.loads(path.read_text(encoding="utf-8"))
+        if "content_hash" not in columns:  # a version whose tables lack the column: read the records
+            return {doc_id: doc.content_hash for doc_id, doc in load(index_dir).documents.items()}
         return dict(zip(columns["doc_id"], columns["content_hash"], strict=True))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise IndexCorrupt(f"{path} is unreadable ({exc}); run `qa index --full` to rebuild the index") from None
@@ -605,7 +607,8 @@ def open_tables(folder: Path, mapped: bool) -> tuple[tables.DocumentTable, table
     cover their file.
     """
     columns = json.loads((folder / "articles.json").read_text(encoding="utf-8"))
-    ids, sources, published, hashes = columns["doc_id"], columns["source"], columns["published"], columns["content_hash"]
+    ids, sources, published = columns["doc_id"], columns["source"], columns["published"]
+    hashes = columns.get("content_hash")  # read from the records below when a version lacks the column
     path = folder / "articles.jsonl"
     size = path.stat().st_size
     records: Any = np.memmap(path, dtype=np.uint8, mode="r") if mapped and size else path.read_bytes()
@@ -625,6 +628,9 @@ def open_tables(folder: Path, mapped: bool) -> tuple[tables.DocumentTable, table
     if len(passages) and (passages[:, 4].min() < 0 or passages[:, 5].max() > len(sentences)
                           or np.any(passages[:, 5] < passages[:, 4])):
         raise ValueError("a passage's sentence rows are out of range")
+    if hashes is None:
+        unhashed = tables.DocumentTable(ids, sources, published, records, offsets, [""] * len(ids))
+        hashes = [unhashed.record(row)["content_hash"] for row in range(len(ids))]
     documents = tables.DocumentTable(ids, sources, published, records, offsets, hashes)
     sentence_table = tables.SentenceTable(documents.ids, sentences)
     return documents, tables.PassageTable(documents, passages, sentence_table), sentence_table

@@ -222,3 +222,17 @@ def test_a_large_version_is_served_from_files_with_the_same_answers(assistant: A
     report = large.build()
     assert report.embedded_documents == ["added"]
     assert large.ask(questions[0]).answer.text == expected[0].answer.text  # scores move: one article more
+
+
+def test_tables_without_the_content_hash_column_read_the_hashes_from_the_records(assistant: Assistant) -> None:
+    index_dir = assistant.settings.index_dir
+    expected = {d: doc.content_hash for d, doc in store.load(index_dir).documents.items()}
+    folder = index_dir / str(store.current_version(index_dir))
+    columns = json.loads((folder / "articles.json").read_text())
+    del columns["content_hash"]
+    (folder / "articles.json").write_text(json.dumps(columns))
+    manifest = json.loads((folder / store.MANIFEST).read_text())
+    manifest["files"]["articles.json"] = store.file_checksum(folder / "articles.json")
+    (folder / store.MANIFEST).write_text(json.dumps(manifest))
+    assert store.content_hashes(index_dir) == expected
+    assert store.load(index_dir).documents.hashes == list(expected.values())

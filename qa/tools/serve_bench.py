@@ -77,7 +77,15 @@ def _served_at(log_path: Path, pid: int, version: str) -> float | None:
 def switch_lag(args: argparse.Namespace, port: int, pids: list[int], log_path: Path, questions: list[str],
                timeout: float = 120) -> dict[str, float]:
     """A version written by `qa add` in another process while the clients ask: seconds until every worker serves it."""
-    load = threading.Thread(target=lambda: asyncio.run(_clients(port, questions, args.clients)))
+    failed: list[BaseException] = []
+
+    def ask() -> None:
+        try:
+            asyncio.run(_clients(port, questions, args.clients))
+        except BaseException as exc:  # a non-200 answer, or a dropped connection: reported below
+            failed.append(exc)
+
+    load = threading.Thread(target=ask)
     article = args.cache / "ferry-resumes.txt"
     article.write_text(SWITCH_ARTICLE, encoding="utf-8")
     cli = [sys.executable, "-m", "qa.cli"]
@@ -98,6 +106,8 @@ def switch_lag(args: argparse.Namespace, port: int, pids: list[int], log_path: P
             time.sleep(0.05)
     finally:
         load.join()
+    if failed:
+        raise RuntimeError(f"a question failed while the version switched: {failed[0]}")
     subprocess.run([*cli, "remove", *where, article.stem], cwd=REPO, check=True, capture_output=True, timeout=300)
     return {"switch_s": max(at for at in seen if at is not None) - written, "switch_under_load": asked_during}
 
