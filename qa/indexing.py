@@ -10,7 +10,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import accumulate
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -74,12 +74,12 @@ class _Part:
     a few slices per added, changed or removed article, not a few per article in the index.
     """
 
-    docs: list[Document]
-    chunks: list[Chunk]
+    docs: Sequence[Document]  # a list, or a run of a loaded version's articles (tables.DocumentRun)
+    chunks: Sequence[Chunk]
     vectors: np.ndarray
-    sentences: list[tuple[str, int, int]]  # (doc_id, start, end), as in IndexData
+    sentences: Sequence[tuple[str, int, int]]  # (doc_id, start, end), as in IndexData
     sentence_vectors: np.ndarray
-    chunk_sentences: list[tuple[int, int]]  # relative to this part's sentences
+    chunk_sentences: Sequence[Sequence[int]]  # relative to this part's sentences
     terms: IndexTerms | None  # None until tokenised (an index stored without terms)
 
 
@@ -150,8 +150,10 @@ def _run(data: IndexData, ids: list[str], first: int, last: int, chunk_at: list[
     terms = None
     if data.terms is not None:
         terms = data.terms.share((first, last), (c0, c1), (s0, s1))
+    documents = data.documents
     return _Part(
-        docs=[data.documents[doc_id] for doc_id in ids[first:last]],
+        docs=(tables.DocumentRun(documents, first, last) if isinstance(documents, tables.DocumentTable)
+              else [documents[doc_id] for doc_id in ids[first:last]]),
         chunks=data.chunks[c0:c1],
         vectors=_rows(data.vectors, c0, c1),
         sentences=data.sentences[s0:s1],
@@ -169,10 +171,10 @@ def _rows(array: Any, first: int, last: int) -> Any:
 
 def _in_order(parts: list[_Part]) -> list[_Part]:
     """The parts that hold articles, in id order; ValueError if they overlap or one lacks its terms."""
-    parts = sorted((p for p in parts if p.docs), key=lambda p: p.docs[0].doc_id)
+    parts = sorted((p for p in parts if p.docs), key=lambda p: tables.ids_of(p.docs)[0])
     if any(p.terms is None for p in parts):
         raise ValueError("every article needs its terms before assembling (see tokenise_missing)")
-    ids = [doc.doc_id for p in parts for doc in p.docs]
+    ids = [doc_id for p in parts for doc_id in tables.ids_of(p.docs)]
     if any(a >= b for a, b in zip(ids, ids[1:])):
         raise ValueError("the parts overlap: each article must be in one part, and a part's articles consecutive")
     return parts
@@ -193,12 +195,9 @@ def assemble(parts: list[_Part], dimension: int, terms: IndexTerms | None = None
     into the next version's files instead (in the dtype the version stores), and hold them memory-mapped.
     """
     parts = _in_order(parts)
-    chunks, sentences, chunk_sentences = [], [], []
-    for part in parts:
-        chunk_sentences.extend(_shifted(part.chunk_sentences, len(sentences)))
-        chunks.extend(part.chunks)
-        sentences.extend(part.sentences)
-    documents = {doc.doc_id: doc for p in parts for doc in p.docs}
+    # Tables, not objects: a part carried from the live version is copied as rows and record bytes.
+    documents, chunks, sentences = tables.concat([(p.docs, p.chunks, p.sentences, p.chunk_sentences) for p in parts])
+    chunk_sentences = chunks.sentence_ranges
     terms = merged_terms(parts) if terms is None else terms
     empty = np.zeros((0, dimension), dtype=np.float32)
 
@@ -230,9 +229,9 @@ def assemble(parts: list[_Part], dimension: int, terms: IndexTerms | None = None
                      sentence_vectors=sentence_vectors, chunk_sentences=chunk_sentences, terms=terms, staged=staging)
 
 
-def _shifted(pairs: list[tuple[int, int]], by: int) -> list[tuple[int, int]]:
-    """Row ranges moved by `by` rows (the same list when by is 0, as it is for the first run of an index)."""
-    return pairs if by == 0 else [(first + by, last + by) for first, last in pairs]
+def _shifted(pairs: Sequence[Sequence[int]], by: int) -> np.ndarray:
+    """Row ranges moved by `by` rows, as an array of [first, last) pairs."""
+    return np.asarray(pairs, dtype=np.int64).reshape(-1, 2) + by
 
 
 def tokenise_missing(parts: list[_Part], lexicon: Lexicon) -> int:

@@ -428,15 +428,16 @@ def dense_index(data: IndexData, base: IndexData | None = None) -> DenseIndex:
 
 def _rows_kept(base: IndexData, data: IndexData) -> np.ndarray | None:
     """Where each passage row of `base` is in `data`; None unless every article of `base` is in `data` unchanged."""
-    for doc_id, doc in base.documents.items():
-        kept = data.documents.get(doc_id)
-        if kept is None or kept.content_hash != doc.content_hash:
+    for doc_id in base.documents:  # content hashes from the tables' columns: no record decoded
+        kept = tables.content_hash(data.documents, doc_id)
+        if kept is None or kept != tables.content_hash(base.documents, doc_id):
             return None
     # The same articles with the same texts and chunking have the same passages, in the same order.
-    found = [row for row, chunk in enumerate(data.chunks) if chunk.doc_id in base.documents]
-    same = len(found) == len(base.chunks) and all(
-        (data.chunks[row].doc_id, data.chunks[row].position) == (chunk.doc_id, chunk.position)
-        for row, chunk in zip(found, base.chunks))
+    owners, positions = tables.keys(data.chunks)
+    base_owners, base_positions = tables.keys(base.chunks)
+    found = [row for row, owner in enumerate(owners) if owner in base.documents]
+    same = len(found) == len(base_owners) and all(
+        (owners[row], positions[row]) == key for row, key in zip(found, zip(base_owners, base_positions)))
     if not same:
         return None
     rows = np.array(found, dtype=np.int64)
@@ -587,17 +588,23 @@ def _array(path: Path, mapped: bool) -> Any:
 
 def _write_tables(folder: Path, data: IndexData, counts: dict[str, int]) -> dict[str, str]:
     """Save the articles and the passage and sentence rows (TABLE_FILES); returns each file's checksum by name."""
-    docs = list(data.documents.values())
-    columns = {"doc_id": [d.doc_id for d in docs], "source": [d.source for d in docs],
-               "published": [d.published for d in docs], "content_hash": [d.content_hash for d in docs]}
-    records, offsets = tables.encode_records(tables.record(d, counts.get(d.doc_id, 0)) for d in docs)
-    del docs
+    documents = data.documents
+    if isinstance(documents, tables.DocumentTable):  # copied as stored: no record decoded
+        columns = {"doc_id": documents.ids, "source": documents.sources, "published": documents.published,
+                   "content_hash": documents.hashes}
+        records, offsets = documents.stored()
+    else:
+        docs = list(documents.values())
+        columns = {"doc_id": [d.doc_id for d in docs], "source": [d.source for d in docs],
+                   "published": [d.published for d in docs], "content_hash": [d.content_hash for d in docs]}
+        records, offsets = tables.encode_records(tables.record(d, counts.get(d.doc_id, 0)) for d in docs)
+        del docs
+    passages, sentences = tables.rows_of(documents, data.chunks, data.sentences, data.chunk_sentences)
     return {"articles.json": _fsync_write(folder / "articles.json", json.dumps(columns, ensure_ascii=False).encode()),
             "articles.jsonl": _fsync_write(folder / "articles.jsonl", records),
             "articles.npy": _fsync_array(folder / "articles.npy", offsets),
-            "passages.npy": _fsync_array(folder / "passages.npy",
-                                         tables.passage_rows(data.chunks, data.chunk_sentences, data.documents)),
-            "sentences.npy": _fsync_array(folder / "sentences.npy", tables.sentence_rows(data.sentences, data.documents))}
+            "passages.npy": _fsync_array(folder / "passages.npy", passages),
+            "sentences.npy": _fsync_array(folder / "sentences.npy", sentences)}
 
 
 def open_tables(folder: Path, mapped: bool) -> tuple[tables.DocumentTable, tables.PassageTable, tables.SentenceTable]:

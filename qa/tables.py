@@ -94,6 +94,10 @@ class DocumentTable(Mapping[str, Document]):
         return cls([d.doc_id for d in docs], [d.source for d in docs], [d.published for d in docs], blob, offsets,
                    [d.content_hash for d in docs])
 
+    def stored(self) -> tuple[bytes, np.ndarray]:
+        """The records as stored (JSON Lines) and where each starts."""
+        return bytes(self._records), np.asarray(self._offsets, dtype=np.int64)
+
     def record(self, row: int) -> dict[str, Any]:
         """The stored record of the article in this row."""
         start, end = int(self._offsets[row]), int(self._offsets[row + 1])
@@ -217,11 +221,8 @@ def owners(rows: Sequence[Chunk] | Sequence[tuple[str, int, int]]) -> list[str]:
 
 
 def passage_rows(chunks: Sequence[Chunk], chunk_sentences: Sequence[Sequence[int]],
-                 documents: Mapping[str, Document]) -> np.ndarray:
-    """PassageTable rows for these passages of these articles (in id order)."""
-    if isinstance(chunks, PassageTable) and chunks.documents is documents:
-        return np.asarray(chunks.rows, dtype=np.int64)
-    row_of = {doc_id: row for row, doc_id in enumerate(documents)}
+                 row_of: Mapping[str, int]) -> np.ndarray:
+    """PassageTable rows for these passages (row_of: article id -> row)."""
     rows = np.zeros((len(chunks), PASSAGE_COLUMNS), dtype=np.int64)
     if len(chunks):
         rows[:, :4] = [(row_of[c.doc_id], c.position, c.start, c.end) for c in chunks]
@@ -229,12 +230,129 @@ def passage_rows(chunks: Sequence[Chunk], chunk_sentences: Sequence[Sequence[int
     return rows
 
 
-def sentence_rows(sentences: Sequence[tuple[str, int, int]], documents: Mapping[str, Document]) -> np.ndarray:
-    """SentenceTable rows for these (doc_id, start, end) sentences of these articles (in id order)."""
-    if isinstance(sentences, SentenceTable) and isinstance(documents, DocumentTable) and sentences.ids is documents.ids:
-        return np.asarray(sentences.rows, dtype=np.int64)
-    row_of = {doc_id: row for row, doc_id in enumerate(documents)}
+def sentence_rows(sentences: Sequence[tuple[str, int, int]], row_of: Mapping[str, int]) -> np.ndarray:
+    """SentenceTable rows for these (doc_id, start, end) sentences (row_of: article id -> row)."""
     rows = np.zeros((len(sentences), SENTENCE_COLUMNS), dtype=np.int64)
     if len(sentences):
         rows[:] = [(row_of[d], s, e) for d, s, e in sentences]
     return rows
+
+
+def rows_of(documents: Mapping[str, Document], chunks: Sequence[Chunk], sentences: Sequence[tuple[str, int, int]],
+            chunk_sentences: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """A version's passage and sentence rows: its tables' own when they are tables over these articles."""
+    if isinstance(chunks, PassageTable) and chunks.documents is documents and isinstance(sentences, SentenceTable) \
+            and sentences.ids is chunks.documents.ids:
+        return np.asarray(chunks.rows, dtype=np.int64), np.asarray(sentences.rows, dtype=np.int64)
+    row_of = {doc_id: row for row, doc_id in enumerate(documents)}
+    return passage_rows(chunks, chunk_sentences, row_of), sentence_rows(sentences, row_of)
+
+def keys(chunks: Sequence[Chunk]) -> tuple[list[str], list[int]]:
+    """Each passage's article id and position, read from a table's columns when it is one."""
+    if isinstance(chunks, PassageTable):
+        return chunks.owners(), chunks.rows[:, 1].tolist()
+    return [c.doc_id for c in chunks], [c.position for c in chunks]
+
+
+class DocumentRun(Sequence[Document]):
+    """Articles [first, last) of a DocumentTable, decoded only when read: a run of a version a build carries
+    into the next one, whose records are copied as they are stored (see concat)."""
+
+    def __init__(self, table: DocumentTable, first: int, last: int) -> None:
+        self.table, self.first, self.last = table, first, last
+
+    @property
+    def ids(self) -> list[str]:
+        return self.table.ids[self.first:self.last]
+
+    def __len__(self) -> int:
+        return self.last - self.first
+
+    @overload
+    def __getitem__(self, key: int) -> Document: ...
+
+    @overload
+    def __getitem__(self, key: slice) -> list[Document]: ...
+
+    def __getitem__(self, key):  # type: ignore[no-untyped-def]
+        if isinstance(key, slice):
+            return [self[i] for i in range(*key.indices(len(self)))]
+        row = key + len(self) if key < 0 else key
+        if not 0 <= row < len(self):
+            raise IndexError(key)
+        return self.table.at(self.first + row)
+
+
+def ids_of(docs: Sequence[Document]) -> list[str]:
+    """The ids of these articles, decoding none of a DocumentRun's."""
+    return docs.ids if isinstance(docs, DocumentRun) else [d.doc_id for d in docs]
+
+
+# A build's share of articles: the articles, their passages, their sentences, and each passage's [first, last)
+# sentence rows counted from the share's first sentence.
+Share = tuple[Sequence[Document], Sequence[Chunk], Sequence[tuple[str, int, int]], Sequence[Sequence[int]]]
+
+
+def concat(shares: Sequence[Share]) -> tuple[DocumentTable, PassageTable, SentenceTable]:
+    """One version's tables from consecutive shares (in id order), held in memory.
+
+    A share carried from a loaded version (a DocumentRun with slices of that version's tables) is copied as
+    rows and record bytes, decoding nothing; a share of new articles (lists) is encoded.
+    """
+    ids: list[str] = []
+    sources: list[str | None] = []
+    published: list[str | None] = []
+    hashes: list[str] = []
+    blobs: list[bytes] = []
+    lengths: list[np.ndarray] = []
+    passage_blocks: list[np.ndarray] = []
+    sentence_blocks: list[np.ndarray] = []
+    sentence_count = 0
+    for docs, chunks, sentences, ranges in shares:
+        at = len(ids)
+        carried = isinstance(docs, DocumentRun)
+        if carried:
+            table, first, last = docs.table, docs.first, docs.last
+            ids += table.ids[first:last]
+            sources += table.sources[first:last]
+            published += table.published[first:last]
+            hashes += table.hashes[first:last]
+            blobs.append(bytes(table._records[int(table._offsets[first]):int(table._offsets[last])]))
+            lengths.append(np.diff(np.asarray(table._offsets[first:last + 1], dtype=np.int64)))
+        else:
+            listed = list(docs)
+            counts = dict.fromkeys((d.doc_id for d in listed), 0)
+            for owner in owners(chunks):
+                counts[owner] += 1
+            blob, offsets = encode_records(record(d, counts[d.doc_id]) for d in listed)
+            ids += [d.doc_id for d in listed]
+            sources += [d.source for d in listed]
+            published += [d.published for d in listed]
+            hashes += [d.content_hash for d in listed]
+            blobs.append(blob)
+            lengths.append(np.diff(offsets))
+        row_of = {doc_id: at + i for i, doc_id in enumerate(ids[at:])}
+        if carried and isinstance(chunks, PassageTable) and chunks.documents is docs.table:
+            rows = np.array(chunks.rows, dtype=np.int64)
+            rows[:, 0] += at - docs.first
+        else:
+            rows = passage_rows(chunks, ranges, row_of)
+        rows[:, 4:6] = np.asarray(ranges, dtype=np.int64).reshape(-1, 2) + sentence_count
+        passage_blocks.append(rows)
+        if carried and isinstance(sentences, SentenceTable) and sentences.ids is docs.table.ids:
+            spans = np.array(sentences.rows, dtype=np.int64)
+            spans[:, 0] += at - docs.first
+        else:
+            spans = sentence_rows(sentences, row_of)
+        sentence_blocks.append(spans)
+        sentence_count += len(spans)
+    offsets = np.zeros(len(ids) + 1, dtype=np.int64)
+    if lengths:
+        np.cumsum(np.concatenate(lengths), out=offsets[1:])
+    documents = DocumentTable(ids, sources, published, b"".join(blobs), offsets, hashes)
+    sentence_table = SentenceTable(documents.ids, _stacked(sentence_blocks, SENTENCE_COLUMNS))
+    return documents, PassageTable(documents, _stacked(passage_blocks, PASSAGE_COLUMNS), sentence_table), sentence_table
+
+
+def _stacked(blocks: list[np.ndarray], width: int) -> np.ndarray:
+    return np.concatenate(blocks) if blocks else np.zeros((0, width), dtype=np.int64)

@@ -41,9 +41,9 @@ def test_tables_give_what_the_lists_held() -> None:
     data = _odd_articles()
     documents = tables.DocumentTable.of(data.documents.values(), store.passage_counts(data))
     assert dict(documents) == data.documents and list(documents) == list(data.documents)
-    sentences = tables.SentenceTable(documents.ids, tables.sentence_rows(data.sentences, data.documents))
-    passages = tables.PassageTable(documents, tables.passage_rows(data.chunks, data.chunk_sentences, data.documents),
-                                   sentences)
+    passage_rows, sentence_rows = tables.rows_of(data.documents, data.chunks, data.sentences, data.chunk_sentences)
+    sentences = tables.SentenceTable(documents.ids, sentence_rows)
+    passages = tables.PassageTable(documents, passage_rows, sentences)
     assert list(passages) == data.chunks and passages == data.chunks
     assert list(sentences) == data.sentences and sentences[1:3] == data.sentences[1:3]
     assert passages[-1] == data.chunks[-1] and list(passages[1:3]) == data.chunks[1:3]
