@@ -1,10 +1,11 @@
-"""Compressed vectors for large indexes: an IVF index of 8-bit codes, float16 vector files, memory-mapped.
+"""Compressed vectors for large indexes: an IVF index of 8-bit codes (memory-mapped) and float16 vector files.
 
 Above COMPRESS_ABOVE passages a version stores
 - dense.faiss as IVF-SQ8 (FAISS IndexIVFScalarQuantizer: 384 bytes a passage instead of HNSW's 1,536
   plus its graph), opened memory-mapped, read-only;
-- vectors.npy and sentence_vectors.npy as float16 instead of float32, opened memory-mapped too.
-Memory-mapped files live once in the page cache, however many `qa serve --workers` processes open them.
+- vectors.npy and sentence_vectors.npy as float16 instead of float32, read row by row as questions need
+  them (store.RowFile).
+The files live once in the page cache, however many `qa serve --workers` processes open them.
 
 Ranking does not change in kind: the IVF only proposes the candidates, and every candidate's cosine is
 then computed from vectors.npy (see Retriever.dense_scores and ranked), so the codes' coarse scores

@@ -193,6 +193,7 @@ def assemble(parts: list[_Part], dimension: int, terms: IndexTerms | None = None
     `release`: empty each part's arrays once copied (the caller is done with them), so that the new
     articles' vectors are not held twice while the index's arrays fill. `staging`: stream the vector arrays
     into the next version's files instead (in the dtype the version stores), and hold them memory-mapped.
+    The articles, passages and sentences come out as tables (tables.concat).
     """
     parts = _in_order(parts)
     # Tables, not objects: a part carried from the live version is copied as rows and record bytes.

@@ -244,8 +244,8 @@ def document_frequencies(rows: Rows, n_terms: int, index: Any = None) -> np.ndar
     """How many rows hold each term id at least once.
 
     `index`, the rows' bm25s index if there is one, holds the answer already: a term's entries in its score
-    matrix are the rows that hold it. Read from there, the term ids (memory-mapped in a large version) stay
-    unread.
+    matrix are the rows that hold it. Read from there, the term ids (read from the file as needed in a large
+    version, see store.RowFile) stay unread.
     """
     if index is not None and len(index.scores["indptr"]) == n_terms + 1 and index.scores["num_docs"] == len(rows):
         return np.diff(np.asarray(index.scores["indptr"], dtype=np.int64))

@@ -2,7 +2,7 @@
 
 A million passages held as Chunk objects, three million sentence tuples and every article's text as a
 Python string take gigabytes; as integer arrays and one buffer of article records (both memory-mapped
-from the version's files when the version is large, see store.open_rows) they take the pages the
+from the version's files when the version is large, see store.open_tables) they take the pages the
 questions read. Each table gives what the list it stands for gave: a Document, a Chunk or a
 (doc_id, start, end) tuple, made when indexed (tests/test_tables.py checks they are equal).
 
