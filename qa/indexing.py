@@ -28,6 +28,9 @@ Log = Callable[[str], None]
 # passage) are freed before the next, so a build's memory does not grow with the size of an upload,
 # and a cancelled build stops within a slice (about 2 s of the packaged model on 2 cores).
 EMBED_SLICE = 128
+# A build embedding more articles than this keeps their vectors in a store.Spill until it writes the version
+# (an upload of a few articles keeps them in memory, where they are small).
+SPILL_ABOVE = 64
 # Articles are split and embedded in groups of about this many characters: a build holds the texts of
 # one group's passages and sentences at a time, not of every article it adds.
 GROUP_CHARS = 1_000_000
@@ -246,12 +249,14 @@ def tokenise_missing(parts: list[_Part], lexicon: Lexicon) -> int:
 
 
 def embed_documents(docs: list[Document], settings: Settings, embedder: Embedder, progress: bool,
-                    lexicon: Lexicon, cancel: threading.Event | None = None) -> list[_Part]:
+                    lexicon: Lexicon, cancel: threading.Event | None = None,
+                    spill: store.Spill | None = None) -> list[_Part]:
     """Chunk, embed and tokenise new or changed articles, a group of about GROUP_CHARS characters at a time.
 
     With an embedder that can (the ONNX backends), each sentence's vector is pooled from its
     passage's own forward pass, in context, so the model reads every passage once; otherwise
-    passages and sentences are embedded as separate texts in one batched pass.
+    passages and sentences are embedded as separate texts in one batched pass. `spill`: each group's
+    vectors go there once made, and the parts hold them as spilled rows, not in memory.
     """
     parts: list[_Part] = []
     group: list[Document] = []
@@ -260,10 +265,20 @@ def embed_documents(docs: list[Document], settings: Settings, embedder: Embedder
         group.append(doc)
         size += len(doc.text)
         if size >= GROUP_CHARS:
-            parts += _embed_group(group, settings, embedder, progress, lexicon, cancel)
+            parts += spilled(_embed_group(group, settings, embedder, progress, lexicon, cancel), spill)
             group, size = [], 0
             release_memory()
-    return parts + _embed_group(group, settings, embedder, progress, lexicon, cancel)
+    return parts + spilled(_embed_group(group, settings, embedder, progress, lexicon, cancel), spill)
+
+
+def spilled(parts: list[_Part], spill: store.Spill | None) -> list[_Part]:
+    """The parts with their vectors moved into `spill` (as they are, without one)."""
+    if spill is None:
+        return parts
+    for part in parts:
+        part.vectors = spill.put(part.vectors)  # type: ignore[assignment]
+        part.sentence_vectors = spill.put(part.sentence_vectors)  # type: ignore[assignment]
+    return parts
 
 
 def _embed_group(docs: list[Document], settings: Settings, embedder: Embedder, progress: bool,
@@ -396,22 +411,29 @@ def build(settings: Settings, embedder: Embedder, *, full: bool = False, progres
                                time.perf_counter() - started, full)
         if changed:
             log(f"embedding {len(changed)} article(s)")
-        parts = kept + (embed or embed_documents)(changed, settings, embedder, progress, lexicon, cancel)
-        check_cancel(cancel)
-        terms = merged_terms(parts)
-        fields = {"model": model_tag(settings), "chunking": chunking_settings(settings)}
-        staging = store.Staging(index_dir)
+        spill = store.Spill() if embed is None and len(changed) > SPILL_ABOVE else None
         try:
-            with ThreadPoolExecutor(max_workers=1) as pool:
-                # The bm25s indexes are made while the arrays are streamed out and the version is written
-                # (file I/O, hashing and FAISS, which release the GIL): on two cores the two overlap.
-                bm25 = pool.submit(lexical.bm25_indexes, terms)
-                data = assemble(parts, embedder.dimension, terms, release=True, staging=staging)
-                release_memory()
-                data = store.write(index_dir, data, fields, base, bm25, cancel)
-        except BaseException:
-            staging.discard()
-            raise
+            made = embed(changed, settings, embedder, progress, lexicon, cancel) if embed is not None \
+                else embed_documents(changed, settings, embedder, progress, lexicon, cancel, spill)
+            parts = kept + made
+            check_cancel(cancel)
+            terms = merged_terms(parts)
+            fields = {"model": model_tag(settings), "chunking": chunking_settings(settings)}
+            staging = store.Staging(index_dir)
+            try:
+                with ThreadPoolExecutor(max_workers=1) as pool:
+                    # The bm25s indexes are made while the arrays are streamed out and the version is written
+                    # (file I/O, hashing and FAISS, which release the GIL): on two cores the two overlap.
+                    bm25 = pool.submit(lexical.bm25_indexes, terms)
+                    data = assemble(parts, embedder.dimension, terms, release=True, staging=staging)
+                    release_memory()
+                    data = store.write(index_dir, data, fields, base, bm25, cancel)
+            except BaseException:
+                staging.discard()
+                raise
+        finally:
+            if spill is not None:
+                spill.close()
         release_memory()
         return BuildReport(data.version, len(data.documents), len(data.chunks), [d.doc_id for d in changed], removed,
                            skipped, time.perf_counter() - started, full, data)

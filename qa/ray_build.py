@@ -137,24 +137,30 @@ def build(settings: Settings, *, full: bool = False, log: Log = lambda message: 
     pool = ray.util.ActorPool(actors)
     parsed: dict[str, Document] = {}
     made: dict[str, Any] = {}
-    for parts, failed in pool.map(lambda actor, shard: actor.articles.remote([raw(path) for path in shard]), shards):
-        for part in parts:
-            doc = part.docs[0]
-            parsed[doc.doc_id], made[doc.doc_id] = doc, part
-        for name, why in failed.items():
-            log(f"skipped {name}: {why}")
-    dimension = ray.get(actors[0].dimension.remote())
+    # The driver holds every part until the version is written: their vectors wait in files, not in memory.
+    spill = store.Spill()
+    try:
+        for parts, failed in pool.map(lambda actor, shard: actor.articles.remote([raw(path) for path in shard]),
+                                      shards):
+            for part in indexing.spilled(parts, spill):
+                doc = part.docs[0]
+                parsed[doc.doc_id], made[doc.doc_id] = doc, part
+            for name, why in failed.items():
+                log(f"skipped {name}: {why}")
+        dimension = ray.get(actors[0].dimension.remote())
 
-    def embed(docs: list[Document], *args: Any) -> list[Any]:
-        """The cluster's parts; an article that changed again since it was sent goes to the cluster once more."""
-        missing = [doc for doc in docs if doc.doc_id not in made or made[doc.doc_id].docs[0] != doc]
-        if missing:
-            for part in ray.get(actors[0].parts.remote(missing)):
-                made[part.docs[0].doc_id] = part
-        return [made[doc.doc_id] for doc in docs]
+        def embed(docs: list[Document], *args: Any) -> list[Any]:
+            """The cluster's parts; an article that changed again since it was sent goes to the cluster once more."""
+            missing = [doc for doc in docs if doc.doc_id not in made or made[doc.doc_id].docs[0] != doc]
+            if missing:
+                for part in indexing.spilled(ray.get(actors[0].parts.remote(missing)), spill):
+                    made[part.docs[0].doc_id] = part
+            return [made[doc.doc_id] for doc in docs]
 
-    report = indexing.build(settings, _Dimension(dimension), full=full, log=log, parsed=parsed,  # type: ignore[arg-type]
-                            embed=embed)
+        report = indexing.build(settings, _Dimension(dimension), full=full, log=log,  # type: ignore[arg-type]
+                                parsed=parsed, embed=embed)
+    finally:
+        spill.close()
     for actor in actors:
         ray.kill(actor)
     return _with_seconds(report, time.perf_counter() - started)

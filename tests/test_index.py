@@ -384,3 +384,43 @@ def test_large_versions_serve_vectors_from_the_files_the_build_streamed_out(
         np.save(saved, np.asarray(array))
         assert (tmp_path / "large" / loaded.version / name).read_bytes() == saved.getvalue()
     assert not list((tmp_path / "large").glob(".tmp-*"))
+
+
+def test_a_build_that_spills_its_vectors_writes_the_same_version(docs_dir: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Vectors kept in a store.Spill until the version is written: the same files as kept in memory."""
+    from qa import indexing
+
+    kept = Assistant(make_settings(docs_dir, tmp_path / "kept"))
+    kept.build()
+    spills: list[store.Spill] = []
+    made = store.Spill
+
+    def tracked() -> store.Spill:
+        spills.append(made())
+        return spills[-1]
+
+    monkeypatch.setattr(indexing, "SPILL_ABOVE", 0)
+    monkeypatch.setattr(store, "Spill", tracked)
+    spilled = Assistant(make_settings(docs_dir, tmp_path / "spilled"))
+    spilled.build()
+    assert len(spills) == 1 and not Path(spills[0]._folder.name).exists()  # used, then removed
+    ours, theirs = (store.load(a.settings.index_dir) for a in (spilled, kept))
+    for name in ("vectors.npy", "sentence_vectors.npy", "passages.npy", "sentences.npy", "articles.jsonl"):
+        assert (tmp_path / "spilled" / ours.version / name).read_bytes() == \
+            (tmp_path / "kept" / theirs.version / name).read_bytes(), name
+
+
+def test_spilled_rows_read_back_what_was_put() -> None:
+    spill = store.Spill()
+    try:
+        first = np.arange(12, dtype=np.float32).reshape(3, 4)
+        second = np.arange(8, dtype=np.float32).reshape(2, 4) + 100
+        empty = np.zeros((0, 4), np.float32)
+        rows = [spill.put(first), spill.put(empty), spill.put(second), spill.put(np.ones((2, 3), np.float16))]
+        assert [len(r) for r in rows] == [3, 0, 2, 2]
+        assert np.array_equal(np.asarray(rows[0]), first) and np.array_equal(np.asarray(rows[2]), second)
+        assert np.asarray(rows[1]).shape == (0, 4) and np.asarray(rows[3]).dtype == np.float16
+        assert np.asarray(rows[2], dtype=np.float64).dtype == np.float64
+    finally:
+        spill.close()
