@@ -252,7 +252,7 @@ class RowFile:
 
     Indexing gives what indexing the array gives (an int, a slice or an array of rows; a copy). A question
     reads a few hundred scattered rows of a large version's vectors: memory-mapped, each read maps the pages
-    around it too (up to 2 MB on this kernel: 5,000 random reads of a 2.2 GB file mapped all of it), and the
+    around it too (on this machine 5,000 random one-byte reads of a 2.2 GB file mapped 2.2 GB of it), and the
     server's resident size grows to the size of its files. Read with pread, only the page cache, shared by
     every process, holds them; and a file damaged in place gives an error, not a SIGBUS.
     """
