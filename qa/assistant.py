@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 import threading
 import time
@@ -95,6 +96,11 @@ class Snapshot:
         self.data = data
         self.retriever = Retriever(data, lexicon)
         self.version = data.version
+
+    @functools.cached_property
+    def passage_counts(self) -> dict[str, int]:
+        """Each article's passage count, by id: counted once per version, when first asked for."""
+        return store.passage_counts(self.data)
 
 
 class Assistant:
@@ -464,16 +470,16 @@ class Assistant:
 
     def documents(self) -> list[tuple[Document, int]]:
         """Every indexed article with its passage count, in id order."""
-        data = self.snapshot().data
-        counts = store.passage_counts(data)
-        return [(doc, counts.get(doc.doc_id, 0)) for doc in data.documents.values()]
+        snapshot = self.snapshot()
+        counts = snapshot.passage_counts
+        return [(doc, counts.get(doc.doc_id, 0)) for doc in snapshot.data.documents.values()]
 
     def document(self, doc_id: str) -> tuple[Document, int]:
-        data = self.snapshot().data
-        doc = data.documents.get(doc_id)
+        snapshot = self.snapshot()
+        doc = snapshot.data.documents.get(doc_id)
         if doc is None:
             raise DocumentNotFound(f"no article with id {doc_id!r}")
-        return doc, store.passage_counts(data).get(doc_id, 0)
+        return doc, snapshot.passage_counts.get(doc_id, 0)
 
     def stats(self) -> dict[str, Any]:
         snapshot = self._snapshot

@@ -114,6 +114,7 @@ manager coach captain spokesman spokeswoman spokesperson owner reporter editor p
 professor scientist researcher winner successor predecessor father mother son daughter wife husband
 """.split())
 
+
 def as_question(question: str) -> str:
     """A keyword query as the question it stands for; any other text unchanged."""
     text = question.strip()

@@ -19,7 +19,7 @@ from typing import Any, Iterable, Iterator, Literal
 
 import numpy as np
 
-from . import lexical
+from . import lexical, tables
 from .chunking import Chunk
 from .lexical import B, K1, Lexicon
 from .store import IndexData
@@ -125,12 +125,7 @@ class Retriever:
         # The passage index and the article index (one BM25 document per article), or None if nothing has a term.
         self._bm25, self._articles = (bm25.passages, bm25.articles) if bm25 is not None else (None, None)
         self._doc_ids = list(data.documents)
-        doc_rows = getattr(data.chunks, "doc_rows", None)  # a loaded version's passage table has them
-        if doc_rows is not None and getattr(data.chunks, "documents", None) is data.documents:
-            self._article_of = np.asarray(doc_rows, dtype=np.int64)
-        else:
-            number = {doc_id: i for i, doc_id in enumerate(self._doc_ids)}
-            self._article_of = np.array([number[c.doc_id] for c in data.chunks], dtype=np.int64)
+        self._article_of = tables.article_rows(data.documents, data.chunks)
         # Inverse document frequencies over the passages, for weighting question words by how rare they are.
         n = max(len(data.chunks), 1)
         frequencies = lexical.document_frequencies(terms.passages, len(terms.vocabulary), self._bm25)

@@ -131,14 +131,8 @@ class IndexData:
 
 def passage_counts(data: IndexData) -> dict[str, int]:
     """How many passages each article of the version has, by id."""
-    doc_rows = getattr(data.chunks, "doc_rows", None)
-    if doc_rows is not None and getattr(data.chunks, "documents", None) is data.documents:
-        counts = np.bincount(np.asarray(doc_rows, dtype=np.int64), minlength=len(data.documents)).tolist()
-        return dict(zip(data.documents, counts))
-    found = dict.fromkeys(data.documents, 0)
-    for chunk in data.chunks:
-        found[chunk.doc_id] = found.get(chunk.doc_id, 0) + 1
-    return found
+    rows = tables.article_rows(data.documents, data.chunks)
+    return dict(zip(data.documents, np.bincount(rows, minlength=len(data.documents)).tolist()))
 
 
 def digest(algorithm: str = CHECKSUM) -> Any:
@@ -234,6 +228,16 @@ class Staging:
 
     def discard(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _pread_all(fd: int, into: np.ndarray, at: int, short: str) -> None:
+    """Fill `into` (bytes) from the file at offset `at`; OSError(short) if the file ends first."""
+    done = 0
+    while done < len(into):
+        got = os.preadv(fd, [memoryview(into[done:])], at + done)
+        if got <= 0:
+            raise OSError(short)
+        done += got
 
 
 class _Descriptor:
@@ -335,13 +339,8 @@ class RowFile:
         return found
 
     def _pread(self, into: np.ndarray, row: int) -> None:
-        wanted, at = len(into), self._offset + row * self._row_bytes
-        done = 0
-        while done < wanted:
-            got = os.preadv(self._file.fd, [memoryview(into[done:])], at + done)
-            if got <= 0:
-                raise OSError(f"{self.path.name} ends early: it was damaged after it was opened")
-            done += got
+        _pread_all(self._file.fd, into, self._offset + row * self._row_bytes,
+                   f"{self.path.name} ends early: it was damaged after it was opened")
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         whole = self._read(0, len(self))
@@ -405,14 +404,8 @@ class SpilledRows:
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         found = np.empty(self.shape, dtype=self.dtype)
-        into = found.reshape(-1).view(np.uint8)
         row_bytes = self.dtype.itemsize * int(np.prod(self.row_shape, dtype=np.int64))
-        done, at = 0, self.first * row_bytes
-        while done < len(into):
-            got = os.preadv(self.fd, [memoryview(into[done:])], at + done)
-            if got <= 0:
-                raise OSError("a spilled vector file ended early")
-            done += got
+        _pread_all(self.fd, found.reshape(-1).view(np.uint8), self.first * row_bytes, "a spilled vector file ended early")
         return found if dtype is None else found.astype(dtype, copy=False)
 
 
@@ -621,25 +614,24 @@ def content_hashes(index_dir: Path) -> dict[str, str]:
         raise IndexCorrupt(f"{path} is unreadable ({exc}); run `qa index --full` to rebuild the index") from None
 
 
-# Vector files larger than this (together) are served memory-mapped rather than read into memory.
+# Vector files larger than this (together) are read from the files as questions need them, not into memory.
 MAP_ABOVE_BYTES = 64 << 20
 
 
 def maps(folder: Path, compressed: bool) -> bool:
-    """Whether a version is served memory-mapped (see open_vectors): when compressed or its vectors are large."""
+    """Whether a version is served from its files (see open_vectors): when compressed or its vectors are large."""
     paths = (folder / "vectors.npy", folder / "sentence_vectors.npy")
     return compressed or sum(path.stat().st_size for path in paths) > MAP_ABOVE_BYTES
 
 
 def open_vectors(folder: Path, mapped: bool) -> tuple[np.ndarray, np.ndarray]:
-    """A version's passage and sentence vectors: read into memory, or memory-mapped when compressed or large
+    """A version's passage and sentence vectors: read into memory, or RowFiles when compressed or large
     (`mapped`, see maps()).
 
-    Mapped, a question reads the few hundred rows it needs and the page cache (shared by every process serving
-    the version) holds them, not each process (64 MB is about 10,000 passages with their sentences; SciFact's
-    17,568 passages hold 104 MB). The price: the files are only ever written whole into a new version's folder, but one
-    damaged in place (truncated) under a running server would stop it (SIGBUS) instead of leaving it answering
-    from memory, as a version read into memory does.
+    As RowFiles, a question reads the few hundred rows it needs and the page cache (shared by every process
+    serving the version) holds them, not each process (64 MB is about 10,000 passages with their sentences;
+    SciFact's 17,568 passages hold 104 MB). A file damaged in place under a running server then fails the
+    questions that read it, where a version read into memory keeps answering.
     """
     paths = (folder / "vectors.npy", folder / "sentence_vectors.npy")
     vectors, sentence_vectors = (_array(path, mapped) for path in paths)
@@ -712,14 +704,11 @@ def _read_json_tables(folder: Path) -> tuple[tables.DocumentTable, tables.Passag
     """The tables of a version written before them, from its documents.json and passages.json (held in memory)."""
     records = json.loads((folder / "documents.json").read_text(encoding="utf-8"))
     stored = json.loads((folder / "passages.json").read_text(encoding="utf-8"))
-    docs = [Document(r["doc_id"], r["title"], r["source"], r["published"], r["url"], r["text"], r["content_hash"])
-            for r in records]
-    documents = tables.DocumentTable.of(docs, {r["doc_id"]: r["passages"] for r in records})
+    documents = tables.DocumentTable.from_records(records)  # the same records the tables store
     row_of = {doc_id: row for row, doc_id in enumerate(documents.ids)}
-    sentence_rows = np.array([(row_of[d], s, e) for d, s, e in stored["sentences"]], dtype=np.int64)
     passage_rows = np.array([(row_of[p["doc_id"]], p["position"], p["start"], p["end"], *p["sentences"])
                              for p in stored["passages"]], dtype=np.int64)
-    sentence_table = tables.SentenceTable(documents.ids, sentence_rows.reshape(-1, tables.SENTENCE_COLUMNS))
+    sentence_table = tables.SentenceTable(documents.ids, tables.sentence_rows(stored["sentences"], row_of))
     return (documents, tables.PassageTable(documents, passage_rows.reshape(-1, tables.PASSAGE_COLUMNS), sentence_table),
             sentence_table)
 
@@ -889,7 +878,8 @@ def _read_dense(folder: Path, labelled: bool, compressed: bool = False) -> Dense
 
 
 def _read_terms(folder: Path, passages: int, articles: int, sentences: int, mapped: bool = False) -> IndexTerms:
-    """The stored terms; `mapped`: the term ids memory-mapped, and not range-checked one by one."""
+    """The stored terms; `mapped`: the term ids read from the file as needed (a RowFile), not range-checked one
+    by one."""
     vocabulary = json.loads((folder / "terms.json").read_text(encoding="utf-8"))["vocabulary"]
     if not isinstance(vocabulary, list):
         raise ValueError("the vocabulary is not a list")
@@ -899,8 +889,8 @@ def _read_terms(folder: Path, passages: int, articles: int, sentences: int, mapp
 
 
 def _read_bm25(folder: Path, mapped: bool = False) -> Bm25Indexes | None:
-    """The stored bm25s indexes (memory-mapped when `mapped`), or None if this bm25s cannot read them (they are
-    then built from the terms)."""
+    """The stored bm25s indexes (their entries read from the files as needed when `mapped`), or None if this
+    bm25s cannot read them (they are then built from the terms)."""
     bm25s = import_bm25s()
     try:
         passages, articles = (bm25s.BM25.load(folder, show_progress=False, mmap=mapped, **_bm25_names(kind))

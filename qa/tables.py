@@ -89,14 +89,20 @@ class DocumentTable(Mapping[str, Document]):
     @classmethod
     def of(cls, documents: Iterable[Document], passages: Mapping[str, int] | None = None) -> DocumentTable:
         """A table held in memory, of these articles (in id order) with their passage counts."""
-        docs = list(documents)
-        blob, offsets = encode_records(record(d, (passages or {}).get(d.doc_id, 0)) for d in docs)
-        return cls([d.doc_id for d in docs], [d.source for d in docs], [d.published for d in docs], blob, offsets,
-                   [d.content_hash for d in docs])
+        return cls.from_records([record(d, (passages or {}).get(d.doc_id, 0)) for d in documents])
 
-    def stored(self) -> tuple[bytes, np.ndarray]:
-        """The records as stored (JSON Lines) and where each starts."""
-        return bytes(self._records), np.asarray(self._offsets, dtype=np.int64)
+    @classmethod
+    def from_records(cls, records: Sequence[dict[str, Any]]) -> DocumentTable:
+        """A table held in memory, of these stored records (in id order)."""
+        blob, offsets = encode_records(records)
+        return cls([r["doc_id"] for r in records], [r["source"] for r in records], [r["published"] for r in records],
+                   blob, offsets, [r["content_hash"] for r in records])
+
+    def stored(self, first: int = 0, last: int | None = None) -> tuple[bytes, np.ndarray]:
+        """The records of rows [first, last) as stored (JSON Lines), and where each starts in those bytes."""
+        last = len(self) if last is None else last
+        offsets = np.asarray(self._offsets[first:last + 1], dtype=np.int64)
+        return bytes(self._records[int(offsets[0]):int(offsets[-1])]), offsets - offsets[0]
 
     def record(self, row: int) -> dict[str, Any]:
         """The stored record of the article in this row."""
@@ -117,10 +123,6 @@ class DocumentTable(Mapping[str, Document]):
 
     def at(self, row: int) -> Document:
         return self._decoded(int(row))
-
-    def row(self, doc_id: str) -> int:
-        """The article's row; KeyError if the version does not hold it."""
-        return self._row[doc_id]
 
     def __getitem__(self, doc_id: str) -> Document:
         return self._decoded(self._row[doc_id])
@@ -213,6 +215,14 @@ class PassageTable(Sequence[Chunk]):
     __hash__ = None  # type: ignore[assignment]
 
 
+def article_rows(documents: Mapping[str, Document], chunks: Sequence[Chunk]) -> np.ndarray:
+    """Each passage's article row (its place in `documents`, in id order): a table's own column when it is one."""
+    if isinstance(chunks, PassageTable) and chunks.documents is documents:
+        return np.asarray(chunks.doc_rows, dtype=np.int64)
+    number = {doc_id: row for row, doc_id in enumerate(documents)}
+    return np.array([number[c.doc_id] for c in chunks], dtype=np.int64)
+
+
 def owners(rows: Sequence[Chunk] | Sequence[tuple[str, int, int]]) -> list[str]:
     """The article id of each passage or sentence, read from a table's columns when it is one."""
     if isinstance(rows, (PassageTable, SentenceTable)):
@@ -297,7 +307,7 @@ def concat(shares: Sequence[Share]) -> tuple[DocumentTable, PassageTable, Senten
     """One version's tables from consecutive shares (in id order), held in memory.
 
     A share carried from a loaded version (a DocumentRun with slices of that version's tables) is copied as
-    rows and record bytes, decoding nothing; a share of new articles (lists) is encoded.
+    rows and record bytes, decoding nothing; a share of new articles (lists) is encoded first.
     """
     ids: list[str] = []
     sources: list[str | None] = []
@@ -309,39 +319,32 @@ def concat(shares: Sequence[Share]) -> tuple[DocumentTable, PassageTable, Senten
     sentence_blocks: list[np.ndarray] = []
     sentence_count = 0
     for docs, chunks, sentences, ranges in shares:
-        at = len(ids)
-        carried = isinstance(docs, DocumentRun)
-        if carried:
-            table, first, last = docs.table, docs.first, docs.last
-            ids += table.ids[first:last]
-            sources += table.sources[first:last]
-            published += table.published[first:last]
-            hashes += table.hashes[first:last]
-            blobs.append(bytes(table._records[int(table._offsets[first]):int(table._offsets[last])]))
-            lengths.append(np.diff(np.asarray(table._offsets[first:last + 1], dtype=np.int64)))
-        else:
+        if not isinstance(docs, DocumentRun):  # new articles: encoded into a table of their own first
             listed = list(docs)
             counts = dict.fromkeys((d.doc_id for d in listed), 0)
             for owner in owners(chunks):
                 counts[owner] += 1
-            blob, offsets = encode_records(record(d, counts[d.doc_id]) for d in listed)
-            ids += [d.doc_id for d in listed]
-            sources += [d.source for d in listed]
-            published += [d.published for d in listed]
-            hashes += [d.content_hash for d in listed]
-            blobs.append(blob)
-            lengths.append(np.diff(offsets))
+            docs = DocumentRun(DocumentTable.of(listed, counts), 0, len(listed))
+        table, first, last = docs.table, docs.first, docs.last
+        at = len(ids)
+        ids += table.ids[first:last]
+        sources += table.sources[first:last]
+        published += table.published[first:last]
+        hashes += table.hashes[first:last]
+        blob, offsets = table.stored(first, last)
+        blobs.append(blob)
+        lengths.append(np.diff(offsets))
         row_of = {doc_id: at + i for i, doc_id in enumerate(ids[at:])}
-        if carried and isinstance(chunks, PassageTable) and chunks.documents is docs.table:
+        if isinstance(chunks, PassageTable) and chunks.documents is table:
             rows = np.array(chunks.rows, dtype=np.int64)
-            rows[:, 0] += at - docs.first
+            rows[:, 0] += at - first
         else:
             rows = passage_rows(chunks, ranges, row_of)
         rows[:, 4:6] = np.asarray(ranges, dtype=np.int64).reshape(-1, 2) + sentence_count
         passage_blocks.append(rows)
-        if carried and isinstance(sentences, SentenceTable) and sentences.ids is docs.table.ids:
+        if isinstance(sentences, SentenceTable) and sentences.ids is table.ids:
             spans = np.array(sentences.rows, dtype=np.int64)
-            spans[:, 0] += at - docs.first
+            spans[:, 0] += at - first
         else:
             spans = sentence_rows(sentences, row_of)
         sentence_blocks.append(spans)

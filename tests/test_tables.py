@@ -81,8 +81,15 @@ def test_a_loaded_version_holds_tables_equal_to_what_was_built(assistant: Assist
     assert isinstance(loaded.chunks, tables.PassageTable) and isinstance(built.chunks, tables.PassageTable)
     assert list(loaded.chunks) == list(built.chunks) and list(loaded.sentences) == list(built.sentences)
     assert dict(loaded.documents) == dict(built.documents)
-    for chunk in loaded.chunks:
-        assert chunk.text == loaded.documents[chunk.doc_id].text[chunk.start:chunk.end]
+    # And they are what chunking the articles gives, passage for passage and sentence for sentence.
+    from qa.indexing import split_document
+
+    expected_chunks, expected_sentences = [], []
+    for doc in loaded.documents.values():
+        chunks, spans, _ = split_document(doc, assistant.settings)
+        expected_chunks += chunks
+        expected_sentences += [(doc.doc_id, start, end) for start, end in spans]
+    assert list(loaded.chunks) == expected_chunks and list(loaded.sentences) == expected_sentences
     assert "documents" not in loaded.manifest  # the tables hold the per-article entries
     assert store.content_hashes(assistant.settings.index_dir) == {d: doc.content_hash
                                                                  for d, doc in loaded.documents.items()}
